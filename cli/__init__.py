@@ -1,0 +1,1 @@
+"""The ``locseg`` command line: thin click wrappers over library functions."""
