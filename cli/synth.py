@@ -1,0 +1,37 @@
+"""``locseg synth``: generate a SynthSeasons street."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from locseg.synth.generate import SPLITS, generate
+from locseg.synth.trajectory import SIZES
+
+from .progress import stage_progress
+
+
+@click.command("synth")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Street seed within the split.")
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
+              help="Train and test splits never share a street.")
+@click.option("--size", type=click.Choice(list(SIZES)), default="default", show_default=True,
+              help="small: 256x192, 24 reference images, 3 queries per condition (for tests); "
+                   "default: 512x384, 100 reference images, 15 queries per condition.")
+@click.option("--workers", type=int, default=None, help="Rendering processes [default: up to 2].")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it holds something else.")
+def synth(out_dir: Path, seed: int, split: str, size: str, workers: int | None, overwrite: bool) -> None:
+    """Generate a SynthSeasons street with full ground truth into OUT_DIR."""
+    with stage_progress() as progress:
+        generate(out_dir, seed=seed, split=split, size=size, workers=workers, overwrite=overwrite,
+                 progress=progress)
+    summary = json.loads((out_dir / "synth.json").read_text())
+    click.echo(f"{out_dir}: {summary['reference_images']} reference images, {summary['queries']} queries in "
+               f"{len(summary['conditions'])} conditions, {summary['points3D']} 3D points, "
+               f"{summary['correspondence_pairs']} correspondence pairs ({summary['seconds']} s)")
+
+
+COMMANDS = [synth]
