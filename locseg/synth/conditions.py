@@ -70,12 +70,12 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
               fog_colour=(0.55, 0.57, 0.6), exposure=0.28, max_gain=6.0, motion_blur=1.0),
     Condition("night", sun_intensity=0.0, sky_intensity=0.012, sky_zenith=(0.02, 0.025, 0.05),
               sky_horizon=(0.08, 0.06, 0.06), clouds=0.5, night=True, lamp_fraction=0.85,
-              window_fraction=0.3, exposure=0.22, max_gain=24.0, read_noise=0.01, shot_noise=0.012,
+              window_fraction=0.3, exposure=0.07, max_gain=16.0, read_noise=0.012, shot_noise=0.014,
               motion_blur=3.0, white_balance=(1.0, 0.95, 0.9)),
     Condition("night-rain", sun_intensity=0.0, sky_intensity=0.01, sky_zenith=(0.02, 0.02, 0.03),
               sky_horizon=(0.07, 0.06, 0.06), clouds=1.0, night=True, lamp_fraction=0.75,
               window_fraction=0.22, wet=1.0, precipitation="rain", fog=0.015, fog_colour=(0.05, 0.045, 0.04),
-              exposure=0.2, max_gain=24.0, read_noise=0.012, shot_noise=0.014, motion_blur=4.0),
+              exposure=0.06, max_gain=16.0, read_noise=0.014, shot_noise=0.016, motion_blur=4.0),
 ]}
 
 QUERY_CONDITIONS: tuple[str, ...] = tuple(name for name in CONDITIONS if name != "reference")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .. import __version__
 from ..errors import InputError
@@ -161,7 +161,7 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(f"{out_dir} exists and is not a SynthSeasons street generated with {asdict(config)}; "
-                         "choose another directory or pass overwrite")
+                         "choose another directory or overwrite it")
     workers = workers or min(2, os.cpu_count() or 1)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,7 +181,7 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
     n_points = _write_reference(tmp, street, ref_renders, rays[street.reference[0].camera.to_string()], progress)
     _write_lists(tmp, street)
     n_pairs = _write_correspondences(tmp, street, ref_renders, by_name, rays, progress)
-    _write_contact_sheet(tmp / "contact_sheet.png", sheet, places=len(sheet_views) // (len(street.queries) + 1))
+    _write_contact_sheet(tmp / "contact_sheet.png", sheet, ["reference", *street.queries])
     summary = {
         "format_version": FORMAT_VERSION, "locseg_version": __version__, "config": asdict(config),
         "street_seed": config.street_seed, "size": asdict(street.size), "conditions": list(street.queries),
@@ -267,7 +267,15 @@ def contact_sheet_views(street: Street, places: int = 3) -> list[View]:
     return views
 
 
-def _write_contact_sheet(path: Path, renders: list[Rendered], places: int) -> None:
-    """One row per condition (reference first), one column per place."""
+def _write_contact_sheet(path: Path, renders: list[Rendered], conditions: list[str]) -> None:
+    """One row per condition, named on the left; one column per place."""
+    places = len(renders) // len(conditions)
     rows = [np.concatenate([r.image for r in renders[i:i + places]], 1) for i in range(0, len(renders), places)]
-    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    sheet = Image.fromarray(np.concatenate(rows, 0))
+    row_height = rows[0].shape[0]
+    labelled = Image.new("RGB", (sheet.width + 88, sheet.height), (24, 24, 24))
+    labelled.paste(sheet, (88, 0))
+    draw = ImageDraw.Draw(labelled)
+    for k, condition in enumerate(conditions):
+        draw.text((8, k * row_height + row_height // 2 - 6), condition, fill=(235, 235, 235))
+    labelled.save(path)

@@ -1,0 +1,65 @@
+"""The ``locseg`` command line on a generated street, and the packaging behind it."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import locseg
+from locseg.io.poses import read_poses, write_poses
+from locseg_cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_synth_reports_an_existing_street_without_redoing_it(small_street):
+    out = run("synth", small_street, "--size", "small")
+    assert out.exit_code == 0, out.output
+    assert "24 reference images, 21 queries in 7 conditions" in out.output
+
+
+def test_evaluate_ground_truth_against_itself_is_perfect(small_street):
+    truth = small_street / "ground_truth" / "queries.txt"
+    out = run("evaluate", "--results", truth, "--ground-truth", truth, "--json")
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    conditions = json.loads((small_street / "synth.json").read_text())["conditions"]
+    assert set(summary["recall"]) == {"all", *conditions}
+    assert all(r == [100.0, 100.0, 100.0] for r in summary["recall"].values())
+    assert summary["missing"] == 0
+
+
+def test_evaluate_counts_a_missing_query(small_street, tmp_path):
+    truth = small_street / "ground_truth" / "queries.txt"
+    poses = read_poses(truth)
+    dropped = sorted(n for n in poses if n.startswith("snow/"))[0]
+    results = write_poses(tmp_path / "results.txt", {n: p for n, p in poses.items() if n != dropped})
+    summary = json.loads(run("evaluate", "--results", results, "--ground-truth", truth, "--json").stdout)
+    assert summary["missing"] == 1
+    assert summary["recall"]["snow"] == [100 * 2 / 3] * 3
+    assert summary["recall"]["night"] == [100.0] * 3
+
+
+def test_bad_option_values_are_one_line_errors(tmp_path):
+    out = run("synth", tmp_path / "x", "--size", "huge")
+    assert out.exit_code == 2 and "huge" in out.output
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "note.txt").write_text("mine")
+    out = run("synth", tmp_path / "y", "--size", "small")
+    assert out.exit_code == 2 and out.stderr.count("\n") == 1 and "not a SynthSeasons street" in out.stderr
+
+
+def test_every_subpackage_is_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {".".join(p.relative_to(ROOT).parts[:-1]) for p in (ROOT / "locseg").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+    assert config["package-dir"]["locseg_cli"] == "cli"
+    assert locseg.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
