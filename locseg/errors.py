@@ -2,7 +2,7 @@
 
 Library functions raise these with a message that names the offending value and
 what would have been valid; the command-line interface turns them into a
-one-line message and an exit code (see ``locseg.cli.main``).
+one-line message and an exit code (see ``cli/main.py``, installed as ``locseg_cli.main``).
 """
 
 from __future__ import annotations

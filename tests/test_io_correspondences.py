@@ -50,15 +50,25 @@ def test_reads_dataset_layout(tmp_path, transposed):
     assert pair.image_i == IMAGE_I and pair.image_j == IMAGE_J
     assert len(pair) == 7
     assert pair.points_i.dtype == np.float64 and pair.points_i.shape == (7, 2)
-    np.testing.assert_array_equal(pair.points_i, pt_i)
-    np.testing.assert_array_equal(pair.points_j, pt_j)
+    # Files put pixel centres on integers; locseg holds COLMAP coordinates (centres at +0.5).
+    np.testing.assert_array_equal(pair.points_i, pt_i + 0.5)
+    np.testing.assert_array_equal(pair.points_j, pt_j + 0.5)
     np.testing.assert_array_equal(pair.dist_from_center, dist)
 
 
 def test_two_points_are_read_as_n_by_2(tmp_path):
     path = tmp_path / "pair.mat"
     pt_i, _, _ = write_dataset_style(path, n=2)
-    np.testing.assert_array_equal(read_correspondences(path).points_i, pt_i)
+    np.testing.assert_array_equal(read_correspondences(path).points_i, pt_i + 0.5)
+
+
+def test_pixel_convention_on_disk(tmp_path):
+    """The centre of the top-left pixel is (0.5, 0.5) in locseg and (0, 0) in the file."""
+    pair = CorrespondencePair("a.jpg", "b.jpg", [[0.5, 0.5]], [[10.5, 20.5]], [0.01])
+    path = write_correspondences(tmp_path / "pair.mat", pair)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["pt_i"][()], [[0.0, 0.0]])
+        np.testing.assert_array_equal(f["pt_j"][()], [[10.0, 20.0]])
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 50])
@@ -92,6 +102,13 @@ def test_written_file_is_matlab_v73(tmp_path):
         assert f["im_i_path"].attrs["MATLAB_class"] == b"char"
         assert f["pt_i"].shape == (3, 2) and f["pt_i"].attrs["MATLAB_class"] == b"double"
         assert f["dist_from_center"].shape == (3, 1)
+
+
+def test_written_bytes_do_not_depend_on_the_clock(tmp_path, monkeypatch):
+    pair = CorrespondencePair("a.jpg", "b.jpg", np.ones((3, 2)), np.zeros((3, 2)), np.ones(3))
+    first = write_correspondences(tmp_path / "1.mat", pair).read_bytes()
+    monkeypatch.setattr("time.time", lambda: 2e9)
+    assert write_correspondences(tmp_path / "2.mat", pair).read_bytes() == first
 
 
 def test_missing_dataset(tmp_path):

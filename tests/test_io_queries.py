@@ -47,6 +47,7 @@ def test_round_trip(tmp_path):
         ("x.png PINHOLE 64.5 480 1 2 3 4", "WIDTH '64.5' is not a positive integer"),
         ("x.png PINHOLE 640 0 1 2 3 4", "HEIGHT '0' is not a positive integer"),
         ("x.png PINHOLE 640 4²0 1 2 3 4", "HEIGHT '4²0' is not a positive integer"),
+        ("x.png PINHOLE 640 480 0 -5 320 240", "PINHOLE focal lengths must be positive, got [0.0, -5.0]"),
         ("x.png PINHOLE 640", "expected 'name MODEL WIDTH HEIGHT params...', got 3 field(s)"),
         ("night/cam0/000012.png PINHOLE 640 480 1 2 3 4", "duplicate name 'night/cam0/000012.png' (first on line 2)"),
     ],

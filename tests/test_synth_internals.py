@@ -125,3 +125,36 @@ def test_generate_skips_finished_streets_and_protects_other_directories(small_st
 def test_view_names_follow_the_layout(street):
     assert street.reference[0].name == "reference/cam0/000000.png"
     assert all(isinstance(v, View) and v.name.startswith(f"{c}/") for c, vs in street.queries.items() for v in vs)
+
+
+def test_frames_do_not_share_their_sensor_noise(street):
+    """Two frames seen from the same pose differ by their noise, even when their names
+    are anagrams of each other (000012, 000021)."""
+    view = street.queries["night"][0]
+    first, second = (render(street.scene, View(f"night/cam1/{frame}.png", "night", view.camera,
+                                                view.T_cam_from_world)).image for frame in ("000012", "000021"))
+    difference = first.astype(np.int16) - second.astype(np.int16)
+    assert np.abs(difference).mean() > 1.0
+
+
+def test_worker_count_does_not_change_the_street(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    one = generate(tmp_path / "one", size="small", seed=1, workers=1)
+    assert torch.get_num_threads() == threads, "generate changed the caller's torch settings"
+    two = generate(tmp_path / "two", size="small", seed=1, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for name in files:
+        if name.suffix in (".png", ".npy", ".mat", ".json"):
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
+def test_overwrite_replaces_a_directory_whole(tmp_path):
+    target = tmp_path / "street"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    generate(target, size="small", seed=2, overwrite=True)
+    assert not (target / "stale.txt").exists() and (target / "synth.json").is_file()
+    assert not (tmp_path / "street.old").exists() and not (tmp_path / "street.partial").exists()

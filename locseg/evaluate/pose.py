@@ -30,6 +30,7 @@ from rich.table import Table
 
 from locseg.errors import InputError
 from locseg.geometry import Pose
+from locseg.io._common import to_numpy
 
 Thresholds = tuple[tuple[float, float], ...]
 
@@ -169,8 +170,8 @@ def pose_errors(
         if tuple(T_true.shape) != (len(found),) or tuple(T_est.shape) != (len(found),):
             raise InputError("pose_errors expects one unbatched Pose per name")
         error_t, error_r = T_est.error(T_true)
-        dt[found] = _numpy(error_t).reshape(-1)
-        dr[found] = _numpy(error_r).reshape(-1)
+        dt[found] = to_numpy(error_t).reshape(-1)
+        dr[found] = to_numpy(error_r).reshape(-1)
     return dt, dr
 
 
@@ -202,12 +203,6 @@ def _check_thresholds(thresholds: Sequence[tuple[float, float]]) -> Thresholds:
     if not checked:
         raise InputError("no thresholds given")
     return tuple(checked)
-
-
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _finite_or_none(x: float) -> float | None:

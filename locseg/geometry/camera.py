@@ -144,7 +144,7 @@ class Camera(TensorWrapper):
             params: (..., P) the model's parameters in COLMAP's order.
         Raises:
             RegistryError: unknown model. ShapeError: wrong parameter count.
-            InputError: non-positive size.
+            InputError: non-positive size or focal length.
         """
         spec = get_model(model)
         params, width, height = as_float_tensors(params=params, width=width, height=height)
@@ -155,6 +155,9 @@ class Camera(TensorWrapper):
         width, height = torch.broadcast_tensors(width, height)
         if width.numel() and bool((width <= 0).any() | (height <= 0).any()):
             raise InputError(f"width and height must be positive, got {width.tolist()}, {height.tolist()}")
+        focal = params[..., list(spec.focal_idxs)]
+        if focal.numel() and bool((focal <= 0).any()):
+            raise InputError(f"{model} focal lengths must be positive, got {focal.tolist()}")
         size, params = broadcast_batch("(width, height)", torch.stack([width, height], -1), 1,
                                        "params", params, 1)
         return cls(model, torch.cat([size, params], dim=-1))

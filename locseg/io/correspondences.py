@@ -9,11 +9,15 @@ every MATLAB array transposed):
   char arrays: uint16 character codes, shape (L, 1); decoded with ``chr`` over the
   flattened array.
 - ``pt_i``, ``pt_j``: (N, 2) pixel coordinates (x, y) of the correspondences in the
-  original images, float64; (MATLAB 2×N). Coordinates are stored as the dataset has
-  them, with no shift of the pixel-centre convention.
-- ``dist_from_center``: (N, 1) float64 (MATLAB 1×N), the distance of each
-  correspondence from the centre of the 3D point cluster it came from; the dataset
-  authors weight a correspondence by ``exp(-dist_from_center)``.
+  original images, float64; (MATLAB 2×N). In the files, pixel centres lie on integer
+  coordinates (the dataset's own loader rounds a point to its pixel with
+  ``int(x + 0.5)``). locseg works in COLMAP's convention, where the centre of the
+  top-left pixel is (0.5, 0.5): reading adds 0.5, writing subtracts it, and
+  ``CorrespondencePair`` always holds COLMAP coordinates.
+- ``dist_from_center``: (N, 1) float64 (MATLAB 1×N). The dataset does not define it;
+  its loader weighs each correspondence by ``exp(-dist_from_center)``, so it must be
+  small for a good match. locseg writes the distance in metres between the two 3D
+  points that were matched to make the correspondence.
 
 On read, points stored transposed as (2, N) are accepted when N != 2 (when N == 2
 the layout is ambiguous and the documented (N, 2) is assumed), and
@@ -23,6 +27,7 @@ MATLAB header and ``MATLAB_class`` attributes, so MATLAB's ``load`` accepts them
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +43,10 @@ from ._common import atomic_output
 DATASETS = ("im_i_path", "im_j_path", "pt_i", "pt_j", "dist_from_center")
 SUFFIX = ".mat"
 USERBLOCK_SIZE = 512
+FILE_TO_COLMAP = 0.5  # added to file coordinates to get COLMAP pixel coordinates
+# The header's creation date: SOURCE_DATE_EPOCH if set, else a fixed date, so that the
+# same correspondences always give the same bytes.
+_HEADER_EPOCH = 946684800
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +56,7 @@ class CorrespondencePair:
     Attributes:
         image_i: path of the first image, relative to the image root.
         image_j: path of the second image.
-        points_i: (N, 2) float64 pixel coordinates (x, y) in image i.
+        points_i: (N, 2) float64 pixel coordinates (x, y) in image i, COLMAP convention.
         points_j: (N, 2) float64 pixel coordinates (x, y) in image j.
         dist_from_center: (N,) float64, see the module docstring.
     """
@@ -103,7 +112,7 @@ def read_correspondences(path: str | Path) -> CorrespondencePair:
             path,
             f"pt_i has {n} points but pt_j has {len(points_j)} and dist_from_center {len(dist)}",
         )
-    return CorrespondencePair(image_i, image_j, points_i, points_j, dist)
+    return CorrespondencePair(image_i, image_j, points_i + FILE_TO_COLMAP, points_j + FILE_TO_COLMAP, dist)
 
 
 def write_correspondences(path: str | Path, pair: CorrespondencePair) -> Path:
@@ -120,8 +129,8 @@ def write_correspondences(path: str | Path, pair: CorrespondencePair) -> Path:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
             _write_chars(f, "im_i_path", pair.image_i)
             _write_chars(f, "im_j_path", pair.image_j)
-            _write_double(f, "pt_i", pair.points_i)
-            _write_double(f, "pt_j", pair.points_j)
+            _write_double(f, "pt_i", pair.points_i - FILE_TO_COLMAP)
+            _write_double(f, "pt_j", pair.points_j - FILE_TO_COLMAP)
             _write_double(f, "dist_from_center", pair.dist_from_center[:, None])
         with open(tmp, "r+b") as raw:
             raw.write(_matlab_header())
@@ -216,7 +225,8 @@ def _write_empty(f: h5py.File, name: str, matlab_class: str, matlab_shape: tuple
 
 def _matlab_header() -> bytes:
     """The 128-byte MAT-file header that MATLAB expects at the start of the userblock."""
-    created = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime())
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _HEADER_EPOCH))
+    created = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(epoch))
     text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
     # 116 bytes of text, 8 bytes of subsystem offset, version 0x0200, endianness "IM".
     return text.encode("ascii").ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"

@@ -13,7 +13,8 @@ Correspondence dataset was made (Larsson et al., section 4).
    reference camera centre to X1 (kappa = 0.01).
 
 Pixel positions are the projections of the reference point X1 into both images
-(X2 only decides whether the match is kept), and ``dist_from_center`` stores D.
+(X2 only decides whether the match is kept), and ``dist_from_center`` stores
+``|X1 - X2|`` in metres, small for a good match (see locseg.io.correspondences).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..io.correspondences import CorrespondencePair
-from .raycast import CameraRays
+from .raycast import CameraRays, lift
 from .render import Rendered
 from .trajectory import View
 from .visibility import visible
@@ -62,8 +63,7 @@ def dense_cloud(views: list[View], renders: list[Rendered], rays: dict[str, Came
         depth = rendered.depth[s // 2::s, s // 2::s]
         directions = rays[view.camera.to_string()].directions[s // 2::s, s // 2::s]
         hit = depth > 0
-        p_cam = directions[hit].astype(np.float64) * depth[hit, None]
-        xyz.append(view.T_cam_from_world.inv().transform(p_cam).numpy())
+        xyz.append(lift(view.T_cam_from_world, directions[hit], depth[hit]))
         keys.append(rendered.keys[s // 2::s, s // 2::s][hit])
     points, key = np.concatenate(xyz), np.concatenate(keys)
     cell = np.floor(points / config.voxel).astype(np.int64) + (1 << 20)  # within ±20 km
@@ -125,8 +125,8 @@ def condition_pairs(ref_views: list[View], ref_renders: list[Rendered], views: l
             uv_i, common = visible(ref_view, rays[ref_view.camera.to_string()], ref_renders[r].depth, p1)
             if common.sum() < config.min_common:
                 continue
-            distance = np.linalg.norm(p1 - ref_centres[r], axis=1)
-            keep = common & (np.linalg.norm(p1 - p2, axis=1) < config.kappa * distance)
-            pairs.append(CorrespondencePair(ref_view.name, view.name, uv_i[keep], uv_j[keep], distance[keep]))
+            gap = np.linalg.norm(p1 - p2, axis=1)
+            keep = common & (gap < config.kappa * np.linalg.norm(p1 - ref_centres[r], axis=1))
+            pairs.append(CorrespondencePair(ref_view.name, view.name, uv_i[keep], uv_j[keep], gap[keep]))
             kept += 1
     return pairs

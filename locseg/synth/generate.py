@@ -20,10 +20,10 @@ second run with the same settings finds it and does nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
@@ -92,31 +92,42 @@ def plan_street(config: SynthConfig) -> Street:
     return Street(config, size, scene, reference, queries)
 
 
-# Worker processes rebuild the scene from its seed (cheap) instead of receiving it.
-_WORKER: dict = {}
+class _Renderer:
+    """Renders views of one street, caching the rays of each camera."""
+
+    def __init__(self, config: SynthConfig) -> None:
+        self.street = plan_street(config)
+        self.rays: dict[str, CameraRays] = {}
+
+    def __call__(self, view: View, root: Path | None) -> Rendered:
+        key = view.camera.to_string()
+        if key not in self.rays:
+            self.rays[key] = CameraRays.of(view.camera)
+        rendered = render(self.street.scene, view, self.rays[key])
+        if root is not None:
+            _write_view(root, view, rendered)
+        return rendered
+
+
+# In a pool worker process: its renderer, rebuilt from the seed rather than sent over.
+_WORKER_RENDERER: _Renderer | None = None
 
 
 def _init_worker(config: SynthConfig) -> None:
     import torch
 
-    torch.set_num_threads(1)
-    _WORKER["street"] = plan_street(config)
-    _WORKER["rays"] = {}
+    global _WORKER_RENDERER
+    torch.set_num_threads(1)  # this process renders one view at a time, with numpy
+    _WORKER_RENDERER = _Renderer(config)
 
 
-def _render_task(view: View, root: Path | None) -> Rendered:
-    street: Street = _WORKER["street"]
-    key = view.camera.to_string()
-    if key not in _WORKER["rays"]:
-        _WORKER["rays"][key] = CameraRays.of(view.camera)
-    rendered = render(street.scene, view, _WORKER["rays"][key])
-    if root is not None:
-        _write_view(root, view, rendered)
-    return rendered
+def _render_in_worker(view: View, root: Path | None) -> Rendered:
+    assert _WORKER_RENDERER is not None, "called outside a pool worker"
+    return _WORKER_RENDERER(view, root)
 
 
 def _write_view(root: Path, view: View, rendered: Rendered) -> None:
-    for folder, suffix in (("images", ".png"), ("labels", ".png"), ("depth", ".npy")):
+    for folder in ("images", "labels", "depth"):
         (root / folder / view.name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rendered.image).save(root / "images" / view.name, compress_level=1)
     Image.fromarray(rendered.labels).save(root / "labels" / view.name, compress_level=1)
@@ -127,24 +138,32 @@ def render_views(config: SynthConfig, views: list[View], roots: list[Path | None
                  progress: Progress | None = None) -> list[Rendered]:
     """Render ``views`` in ``workers`` processes, writing each under its root if not None."""
     results: list[Rendered] = []
+    pool = None
     if workers <= 1:
-        _init_worker(config)
-        tasks = map(_render_task, views, roots)
+        tasks = map(_Renderer(config), views, roots)
     else:
         # fork, as torch's DataLoader does on Linux: no re-import, and no main-module guard needed.
         method = "fork" if "fork" in get_all_start_methods() else "spawn"
         pool = ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_init_worker,
                                    initargs=(config,))
-        tasks = pool.map(_render_task, views, roots, chunksize=4)
+        tasks = pool.map(_render_in_worker, views, roots, chunksize=4)
     try:
         for done, rendered in enumerate(tasks):
             results.append(rendered)
             if progress:
                 progress("render", done + 1, len(views))
     finally:
-        if workers > 1:
+        if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def generator_digest() -> str:
+    """A digest of the generator's source: a street made by other code is made again."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str = "default",
@@ -152,21 +171,20 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
     """Generate a SynthSeasons street into ``out_dir`` (see the module docstring).
 
     Returns ``out_dir``. If it already holds a street generated with the same
-    settings, nothing is done; if it holds anything else, InputError is raised
-    unless ``overwrite``.
+    settings by the same generator, nothing is done; if it holds anything else,
+    InputError is raised unless ``overwrite``.
     """
     config = SynthConfig(seed, split, size)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     if _matches(out_dir, config) and not overwrite:
         return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"{out_dir} exists and is not a SynthSeasons street generated with {asdict(config)}; "
-                         "choose another directory or overwrite it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise InputError(f"{out_dir} exists and is not a SynthSeasons street generated with {asdict(config)} "
+                         "by this version of locseg; choose another directory or overwrite it")
     workers = workers or min(2, os.cpu_count() or 1)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    start = time.perf_counter()
     street = plan_street(config)
     query_views = [v for views in street.queries.values() for v in views]
     dataset_views = street.reference + query_views
@@ -175,7 +193,7 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
                             [tmp] * len(dataset_views) + [None] * len(sheet_views), workers, progress)
     rendered, sheet = rendered[: len(dataset_views)], rendered[len(dataset_views):]
     ref_renders = rendered[: len(street.reference)]
-    by_name = dict(zip((v.name for v in street.reference + query_views), rendered))
+    by_name = dict(zip((v.name for v in dataset_views), rendered))
     rays = {v.camera.to_string(): CameraRays.of(v.camera) for v in [street.reference[0]] + [
         views[0] for views in street.queries.values()]}
     n_points = _write_reference(tmp, street, ref_renders, rays[street.reference[0].camera.to_string()], progress)
@@ -183,16 +201,25 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
     n_pairs = _write_correspondences(tmp, street, ref_renders, by_name, rays, progress)
     _write_contact_sheet(tmp / "contact_sheet.png", sheet, ["reference", *street.queries])
     summary = {
-        "format_version": FORMAT_VERSION, "locseg_version": __version__, "config": asdict(config),
-        "street_seed": config.street_seed, "size": asdict(street.size), "conditions": list(street.queries),
-        "reference_images": len(street.reference), "queries": len(query_views), "points3D": n_points,
-        "correspondence_pairs": n_pairs, "seconds": round(time.perf_counter() - start, 1),
+        "format_version": FORMAT_VERSION, "locseg_version": __version__, "generator": generator_digest(),
+        "config": asdict(config), "street_seed": config.street_seed, "size": asdict(street.size),
+        "conditions": list(street.queries), "reference_images": len(street.reference),
+        "queries": len(query_views), "points3D": n_points, "correspondence_pairs": n_pairs,
     }
     (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    _replace_directory(tmp, out_dir)
     return out_dir
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; whatever stood there is moved aside before it is deleted,
+    so an interruption never leaves a half-deleted directory at ``target``."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _matches(out_dir: Path, config: SynthConfig) -> bool:
@@ -200,7 +227,8 @@ def _matches(out_dir: Path, config: SynthConfig) -> bool:
         summary = json.loads((out_dir / "synth.json").read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("config") == asdict(config) and summary.get("format_version") == FORMAT_VERSION
+    return (summary.get("config") == asdict(config) and summary.get("format_version") == FORMAT_VERSION
+            and summary.get("generator") == generator_digest())
 
 
 def _write_reference(root: Path, street: Street, renders: list[Rendered], rays: CameraRays,

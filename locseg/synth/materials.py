@@ -60,10 +60,6 @@ def _grid_lines(coord: np.ndarray, pitch: float, width: float) -> np.ndarray:
     return ((frac < width / 2) | (frac > pitch - width / 2)).astype(np.float32)
 
 
-def _rect(a: np.ndarray, b: np.ndarray, a0, a1, b0, b1) -> np.ndarray:
-    return (a >= a0) & (a < a1) & (b >= b0) & (b < b1)
-
-
 def _colour(params: np.ndarray) -> np.ndarray:
     return params[:, :3].astype(np.float32)
 
@@ -307,11 +303,11 @@ def car_body(s: Surface) -> Appearance:
     tone = (1 + 0.08 * fbm(along, up, 131, 0.5, 2, s.footprint)) * (1 - 0.5 * seam)
     albedo = colour * tone[:, None]
     light = end & (np.abs(np.abs(y - cy) - half_w * 0.75) < half_w * 0.18) & (z > 0.7) & (z < 0.88)
-    rear = s.normal[:, 0] * 1 < 0
+    rear = s.normal[:, 0] < 0  # every car faces +x, the street's direction of travel
     light_colour = np.where(rear[:, None], f32([0.8, 0.05, 0.05]), f32([0.9, 0.9, 0.8]))
     albedo = np.where(light[:, None], light_colour, albedo)
     plate = end & (np.abs(y - cy) < 0.26) & (z > 0.45) & (z < 0.57)
-    chars = value_noise((y - cy) / 0.035 + key % 1000 * 17.0, (z - 0.45) / 0.04, 132) > 0.55
+    chars = value_noise((y - cy) / 0.035 + hash_uniform(key, 134) * 5000.0, (z - 0.45) / 0.04, 132) > 0.55
     albedo = np.where(plate[:, None], np.where(chars[:, None], 0.05, 0.85), albedo)
     emission = np.zeros_like(albedo)
     if s.condition.night:
@@ -390,7 +386,7 @@ def awning(s: Surface) -> Appearance:
 
 
 MATERIALS = {
-    S.ASPHALT: asphalt, S.PAVING: paving, S.CURB: paving, S.FACADE: facade, S.ROOF: roof, S.GRASS: grass,
+    S.ASPHALT: asphalt, S.PAVING: paving, S.FACADE: facade, S.ROOF: roof, S.GRASS: grass,
     S.FOLIAGE: foliage, S.BARK: bark, S.METAL: metal, S.SIGN: sign, S.CAR_BODY: car_body,
     S.CAR_GLASS: car_glass, S.CONCRETE: concrete, S.FENCE_BARS: fence_bars, S.CLOTH: cloth, S.SKIN: plain,
     S.LAMP_HEAD: lamp_head, S.TIRE: tire, S.AWNING: awning,
@@ -406,7 +402,7 @@ def weather_overlay(s: Surface, material: int, look: Appearance) -> Appearance:
     if c.leaves_on_ground > 0 and ground:
         density = np.clip(c.leaves_on_ground + 0.6 * fbm(x, y, 191, 3.0, 2) - (material == S.ASPHALT) * 0.25 * (
             np.abs(y) < 2.5), 0, 1)
-        leaf = value_noise(x / 0.07, y / 0.07, 192 + s.traversal % 31) < density * 0.6
+        leaf = (value_noise(x / 0.07, y / 0.07, 192 + s.traversal % 31) < density * 0.6) & (s.normal[:, 2] > 0.5)
         leaf_colour = np.stack([0.55 + 0.2 * value_noise(x / 0.1, y / 0.1, 193), 0.25 + 0.15 * value_noise(
             x / 0.1, y / 0.1, 194), np.full_like(x, 0.05)], -1)
         albedo = np.where(leaf[:, None], leaf_colour, albedo)

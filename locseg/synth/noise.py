@@ -15,6 +15,8 @@ that shape.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 def f32(values) -> np.ndarray:
@@ -38,12 +40,19 @@ def hash_uniform(*keys: np.ndarray | int) -> np.ndarray:
     Returns:
         float32 array of the broadcast shape.
     """
+    if len(keys) > len(_PRIMES):
+        raise ValueError(f"hash_uniform takes at most {len(_PRIMES)} keys, got {len(keys)}")
     with np.errstate(over="ignore"):
         h = np.int64(0x2545F491)
         for key, prime in zip(keys, _PRIMES):
             h = (h ^ (np.asarray(key).astype(np.int64) * np.int64(prime))) * np.int64(0x5851F42D)
         h = h ^ (h >> np.int64(29))
     return _TABLE[h & ((1 << _TABLE_BITS) - 1)]
+
+
+def text_seed(text: str) -> int:
+    """A 31-bit seed from a string, the same in every process and Python version."""
+    return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
 
 
 def value_noise(u: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:

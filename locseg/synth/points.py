@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter, sobel
 
-from .raycast import CameraRays
+from .raycast import CameraRays, lift
 from .render import Rendered
 from .trajectory import View
 from .visibility import visible
@@ -80,9 +80,8 @@ def reference_points(views: list[View], renders: list[Rendered], rays: CameraRay
         corners = detect(rendered.image, rendered.depth, occupied, per_image)
         if len(corners) == 0:
             continue
-        depth = rendered.depth[corners[:, 1], corners[:, 0]].astype(np.float64)
-        rays_cam = rays.directions[corners[:, 1], corners[:, 0]].astype(np.float64)
-        world = view.T_cam_from_world.inv().transform(rays_cam * depth[:, None]).numpy()
+        world = lift(view.T_cam_from_world, rays.directions[corners[:, 1], corners[:, 0]],
+                     rendered.depth[corners[:, 1], corners[:, 0]])
         xyz_all.append(world)
         rgb_all.append(rendered.image[corners[:, 1], corners[:, 0]])
         origin.append(np.full(len(world), index))

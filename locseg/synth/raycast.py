@@ -78,6 +78,12 @@ class GBuffer:
         return np.where(self.prim >= 0, prims.label[np.maximum(self.prim, 0)], SKY).astype(np.uint8)
 
 
+def lift(T_cam_from_world: Pose, directions: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """World points (N, 3) seen along camera-frame rays (N, 3) with z = 1, at z-depths (N,)."""
+    p_cam = np.asarray(directions, np.float64) * np.asarray(depth, np.float64)[:, None]
+    return T_cam_from_world.inv().transform(p_cam).numpy()
+
+
 def _pixel_windows(prims: Primitives, rays: CameraRays, pose: Pose) -> np.ndarray:
     """(P, 4) pixel windows (row0, row1, col0, col1) of every primitive; empty if unseen."""
     R, t = pose.R.double().numpy(), pose.t.double().numpy()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .conditions import get_condition
-from .noise import hash_uniform
+from .noise import hash_uniform, text_seed
 from .raycast import CameraRays, cast
 from .scene import Scene
 from .shading import expose, radiance
@@ -22,7 +22,7 @@ class Rendered:
         image: (H, W, 3) uint8 RGB.
         depth: (H, W) float32 z-depth in metres, 0 where the pixel sees sky.
         labels: (H, W) uint8 Cityscapes trainIds.
-        keys: (H, W) int64 object key of the surface seen, -1 for sky.
+        keys: (H, W) int32 object key of the surface seen, -1 for sky.
     """
 
     image: np.ndarray
@@ -35,8 +35,7 @@ def traversal_seed(scene: Scene, condition: str) -> int | None:
     """The seed of a traversal's changes (parked cars, lamps, windows); None for the reference."""
     if condition == "reference":
         return None
-    return int(hash_uniform(scene.seed, sum(ord(ch) * 131 ** i for i, ch in enumerate(condition)) % (1 << 30))
-               * (1 << 24))
+    return int(hash_uniform(scene.seed, text_seed(condition)) * (1 << 24))
 
 
 def render(scene: Scene, view: View, rays: CameraRays | None = None) -> Rendered:
@@ -49,9 +48,9 @@ def render(scene: Scene, view: View, rays: CameraRays | None = None) -> Rendered
     heightfield = scene.dynamic_heightfield(traversal) if condition.casts_shadows else scene.heightfield
     centre = view.T_cam_from_world.center.double().numpy()
     linear = radiance(gbuf, prims, scene, condition, traversal or 0, heightfield, centre)
-    image_seed = int(hash_uniform(scene.seed, traversal or 0, sum(map(ord, view.name))) * (1 << 30))
+    image_seed = int(hash_uniform(scene.seed, traversal or 0, text_seed(view.name)) * (1 << 30))
     image = expose(linear, condition, image_seed)
     hit = gbuf.prim >= 0
     depth = np.where(hit, gbuf.depth, 0).astype(np.float32)
-    keys = np.where(hit, prims.key[np.maximum(gbuf.prim, 0)], -1)
+    keys = np.where(hit, prims.key[np.maximum(gbuf.prim, 0)], -1).astype(np.int32)
     return Rendered(image, depth, gbuf.labels(prims), keys)

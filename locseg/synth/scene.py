@@ -28,7 +28,7 @@ ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN = 0, 1,
 VEGETATION, TERRAIN, SKY, PERSON, CAR = 8, 9, 10, 11, 13
 
 # Materials: how a primitive is textured (see shading.py).
-ASPHALT, PAVING, CURB, FACADE, ROOF, GRASS, FOLIAGE, BARK = 0, 1, 2, 3, 4, 5, 6, 7
+ASPHALT, PAVING, FACADE, ROOF, GRASS, FOLIAGE, BARK = 0, 1, 3, 4, 5, 6, 7
 METAL, SIGN, CAR_BODY, CAR_GLASS, CONCRETE, FENCE_BARS, CLOTH, SKIN, LAMP_HEAD, TIRE = (
     8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
 AWNING = 18
@@ -408,11 +408,12 @@ def _dynamic_objects(scene: Scene, traversal_seed: int | None) -> Primitives:
         shirt = np.array([h[4], h[5], h[6]], np.float32) * 0.8 + 0.1
         trousers = np.array([0.15, 0.15, 0.25 + 0.3 * float(h[7])], np.float32)
         leg = 0.47 * height
+        seed = key % (1 << 24)  # texture seeds must survive float32
         b.box((x - 0.12, y - 0.18, CURB_HEIGHT), (x + 0.12, y + 0.18, CURB_HEIGHT + leg), CLOTH, PERSON, key,
-              (*trousers, key))
+              (*trousers, seed))
         b.box((x - 0.14, y - 0.24, CURB_HEIGHT + leg), (x + 0.14, y + 0.24, CURB_HEIGHT + 0.86 * height), CLOTH,
-              PERSON, key, (*shirt, key))
-        b.sphere((x, y, CURB_HEIGHT + 0.93 * height), 0.11, SKIN, PERSON, key, (0.75, 0.58, 0.45, key))
+              PERSON, key, (*shirt, seed))
+        b.sphere((x, y, CURB_HEIGHT + 0.93 * height), 0.11, SKIN, PERSON, key, (0.75, 0.58, 0.45, seed))
     return b.build() if b.rows else Primitives.empty()
 
 
@@ -425,17 +426,17 @@ def _add_car(b: _Builder, seed: int, spot: int, variant: int, x: float, side: fl
     width = 1.7 + 0.15 * float(u[2])
     colour = _CAR_COLOURS[int(u[3] * len(_CAR_COLOURS))]
     key = DYNAMIC_KEY_BASE + (spot * 1000 + variant % 1000) * 4 + 1
-    params = (*colour, key)
+    params = (*colour, key % (1 << 24))  # the texture seed must survive float32
     half_l, half_w = length / 2, width / 2
     b.box((x - half_l, y - half_w, 0.3), (x + half_l, y + half_w, 0.95), CAR_BODY, CAR, key, params)
-    cabin_front = x + side * half_l * (0.35 + 0.1 * float(u[4]))
-    cabin_rear = x - side * half_l * 0.75
+    cabin_front = x + half_l * (0.35 + 0.1 * float(u[4]))  # cars face +x, the direction of travel
+    cabin_rear = x - half_l * 0.75
     b.box((cabin_rear, y - half_w + 0.08, 0.95), (cabin_front, y + half_w - 0.08, 1.45 + 0.1 * float(u[5])),
           CAR_GLASS, CAR, key, params)
     for dx in (-0.7 * half_l, 0.7 * half_l):
         for dy in (-half_w + 0.12, half_w - 0.12):
             b.box((x + dx - 0.33, y + dy - 0.12, 0.0), (x + dx + 0.33, y + dy + 0.12, 0.62), TIRE, CAR, key,
-                  (0.05, 0.05, 0.05, key))
+                  (0.05, 0.05, 0.05, key % (1 << 24)))
 
 
 def _rasterise_heights(field_: np.ndarray, origin: tuple[float, float], cell: float,
