@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import evaluate, synth
+    from . import evaluate, synth, train
 
-    for module in (synth, evaluate):
+    for module in (synth, evaluate, train):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,77 @@
+"""Matching precision of dense hypercolumns on true correspondences.
+
+For a pair (a, b) with true correspondences (p_a, p_b), the hypercolumn of image a
+at p_a is compared with every cell of image b's dense map; the match is correct
+when the most similar cell's centre lies within ``threshold`` pixels of p_b, in the
+network input's resolution. This is the sparse-to-dense step of the localizer,
+measured on its own. Results are grouped by the condition of image b.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.hypercolumn import STRIDE, Hypercolumns, grid_centers
+from ..train.pairs import CorrespondencePairs
+
+ALL = "all"
+
+
+@dataclass
+class MatchingPrecision:
+    """Correct and total matches per condition (and ``"all"``)."""
+
+    threshold: float
+    correct: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, condition: str, correct: int, total: int) -> None:
+        for key in (condition, ALL):
+            self.correct[key] += correct
+            self.total[key] += total
+
+    def percent(self) -> dict[str, float]:
+        """Precision in percent per condition, ``"all"`` first."""
+        keys = [ALL] + sorted(k for k in self.total if k != ALL)
+        return {k: 100.0 * self.correct[k] / max(self.total[k], 1) for k in keys if k in self.total}
+
+
+@torch.inference_mode()
+def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tensor,
+                points_a: torch.Tensor) -> torch.Tensor:
+    """Where the hypercolumns of image a at ``points_a`` best match image b.
+
+    Args:
+        image_a, image_b: (3, H, W) normalised images.
+        points_a: (N, 2) COLMAP pixels in image a.
+    Returns:
+        (N, 2) COLMAP pixels in image b: centres of the most similar 1/4-grid cells.
+    """
+    dense_a = model.dense(image_a[None])
+    dense_b = model.dense(image_b[None])
+    descriptors = model.sample(dense_a, points_a[None], (image_a.shape[-1], image_a.shape[-2]))[0]  # (N, C)
+    similarity = descriptors @ dense_b[0].flatten(1)                                               # (N, h w)
+    centres = grid_centers(dense_b.shape[-2], dense_b.shape[-1], STRIDE, dtype=points_a.dtype)
+    return centres.reshape(-1, 2)[similarity.argmax(dim=1)]
+
+
+def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshold: float = 4.0,
+                       max_points: int = 1000, seed: int = 0,
+                       progress: Callable[[str, int, int], None] | None = None) -> MatchingPrecision:
+    """Matching precision of ``model`` over ``pairs`` (at most ``max_points`` per pair)."""
+    generator = torch.Generator().manual_seed(seed)
+    result = MatchingPrecision(threshold)
+    model.eval()
+    for index in range(len(pairs)):
+        sample = pairs[index]
+        keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
+        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
+        error = (found - sample.points_b[keep]).norm(dim=1)
+        result.add(sample.condition, int((error <= threshold).sum()), len(keep))
+        if progress:
+            progress("matching", index + 1, len(pairs))
+    return result

@@ -1,0 +1,141 @@
+"""NetVLAD global descriptors and PCA whitening.
+
+NetVLAD (Arandjelović et al., CVPR 2016) aggregates a map of D-dimensional local
+descriptors into K cluster residuals: each descriptor x_i is softly assigned to the
+clusters with a_k(x_i) = softmax_k(w_k·x_i + b_k), the residuals
+V_k = Σ_i a_k(x_i) (x_i − c_k) are L2-normalised per cluster (intra-normalisation),
+concatenated to K·D values and L2-normalised again. Local descriptors are
+L2-normalised per location before aggregation. Initialised from k-means centroids
+c_k with w_k = 2α c_k and b_k = −α‖c_k‖², the soft assignment is a softmax over
+−α‖x − c_k‖², i.e. nearest-centroid assignment that sharpens with α.
+
+Whitening projects descriptors on the principal axes of a set of reference
+descriptors, divides each axis by its standard deviation, and L2-normalises again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.cluster.vq import kmeans2
+from torch import nn
+
+from ..errors import InputError, check_shape
+
+
+class NetVLAD(nn.Module):
+    """Aggregates (B, D, H, W) local descriptors into (B, K·D) global descriptors.
+
+    Args:
+        dim: D, channels of the input map (512 for VGG-16 conv5_3).
+        clusters: K, number of clusters (64 by default).
+    """
+
+    def __init__(self, dim: int = 512, clusters: int = 64) -> None:
+        super().__init__()
+        self.dim, self.clusters = dim, clusters
+        self.assign = nn.Conv2d(dim, clusters, kernel_size=1, bias=True)
+        self.centroids = nn.Parameter(torch.randn(clusters, dim) / math.sqrt(dim))
+
+    @torch.no_grad()
+    def init_from_descriptors(self, descriptors: torch.Tensor, seed: int = 0, iterations: int = 30) -> None:
+        """Initialise centroids by k-means and the assignment from them.
+
+        Args:
+            descriptors: (N, D) local descriptors, N ≥ K (they are L2-normalised here).
+        """
+        check_shape("descriptors", tuple(descriptors.shape), f"(N >= {self.clusters}, {self.dim})",
+                    descriptors.ndim == 2 and descriptors.shape[1] == self.dim
+                    and descriptors.shape[0] >= self.clusters)
+        x = F.normalize(descriptors.double(), dim=1).cpu().numpy()
+        centroids, _ = kmeans2(x, self.clusters, iter=iterations, minit="++", seed=seed)
+        centroids = torch.from_numpy(centroids)
+        # alpha: make the nearest centroid 100 times more likely than the second nearest, on average.
+        distances = torch.cdist(torch.from_numpy(x), centroids).pow(2).sort(dim=1).values
+        gap = (distances[:, 1] - distances[:, 0]).mean().clamp_min(1e-6)
+        alpha = math.log(100.0) / float(gap)
+        self.centroids.copy_(centroids.to(self.centroids))
+        self.assign.weight.copy_((2 * alpha * centroids).to(self.assign.weight)[:, :, None, None])
+        self.assign.bias.copy_((-alpha * centroids.pow(2).sum(1)).to(self.assign.bias))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) local descriptors → (B, K·D) unit global descriptors."""
+        check_shape("features", tuple(features.shape), f"(B, {self.dim}, H, W)",
+                    features.ndim == 4 and features.shape[1] == self.dim)
+        x = F.normalize(features, dim=1)
+        soft = F.softmax(self.assign(x), dim=1).flatten(2)            # (B, K, HW)
+        x = x.flatten(2)                                                # (B, D, HW)
+        # Σ_i a_k(x_i) x_i − c_k Σ_i a_k(x_i)
+        vlad = torch.einsum("bkn,bdn->bkd", soft, x) - self.centroids[None] * soft.sum(-1, keepdim=True)
+        vlad = F.normalize(vlad, dim=2)
+        return F.normalize(vlad.flatten(1), dim=1)
+
+
+class PCAWhitening(nn.Module):
+    """PCA whitening fitted on a set of descriptors: (B, D) → (B, d), unit norm.
+
+    ``fit`` keeps at most ``dim`` axes and never more than N − 1 (the rank of N
+    centred samples). Buffers hold the fitted state so it saves with the model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("projection", torch.zeros(0, 0))
+
+    @property
+    def fitted(self) -> bool:
+        return self.projection.numel() > 0
+
+    @torch.no_grad()
+    def fit(self, descriptors: torch.Tensor, dim: int = 4096, eps: float = 1e-8) -> "PCAWhitening":
+        """Fit on (N, D) descriptors, N ≥ 2."""
+        check_shape("descriptors", tuple(descriptors.shape), "(N >= 2, D)",
+                    descriptors.ndim == 2 and descriptors.shape[0] >= 2)
+        x = descriptors.double()
+        mean = x.mean(0)
+        _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        keep = min(dim, x.shape[0] - 1, int((singular > singular[0] * 1e-9).sum()))
+        std = singular[:keep] / math.sqrt(x.shape[0] - 1)
+        self.mean = mean.to(descriptors.dtype)
+        self.projection = (vh[:keep].T / (std + eps)).to(descriptors.dtype)  # (D, d)
+        return self
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            raise InputError("PCAWhitening is not fitted; call fit() on reference descriptors first")
+        check_shape("descriptors", tuple(descriptors.shape), f"(B, {self.mean.shape[0]})",
+                    descriptors.ndim == 2 and descriptors.shape[1] == self.mean.shape[0])
+        return F.normalize((descriptors - self.mean) @ self.projection, dim=1)
+
+
+def top_k(query: torch.Tensor, database: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most similar database descriptors of each query, by cosine similarity.
+
+    Args:
+        query: (Q, D) unit descriptors; database: (N, D) unit descriptors.
+    Returns:
+        scores (Q, min(k, N)), indices (Q, min(k, N)), most similar first.
+    """
+    check_shape("database", tuple(database.shape), f"(N, {query.shape[-1]})",
+                database.ndim == 2 and database.shape[-1] == query.shape[-1])
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    return (query @ database.T).topk(min(k, database.shape[0]), dim=1)
+
+
+def recall_at(ranked: np.ndarray, positives: list[set[int]], ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """Percentage of queries with a positive among their first k retrieved items.
+
+    Args:
+        ranked: (Q, K) database indices per query, best first.
+        positives: per query, the set of database indices that count as correct.
+    """
+    hits = {k: 0 for k in ks}
+    for row, good in zip(ranked, positives):
+        for k in ks:
+            hits[k] += bool(good.intersection(row[:k].tolist()))
+    return {k: 100.0 * hits[k] / max(len(positives), 1) for k in ks}

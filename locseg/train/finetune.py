@@ -1,0 +1,185 @@
+"""``locseg finetune-features``: fine-tune a backbone's hypercolumns on correspondences.
+
+Seed 002 (sections 3.3, 3.4, 4.2): a Siamese backbone takes one image pair per
+step. At every hypercolumn level, 1024 random true correspondences are the
+positives, and one negative per positive is mined progressively from the other
+image (outside radius alpha of the true match, drawn among the M hardest,
+M = max(5, 300 e^(-0.6 k / 10000))). The loss is the double-margin contrastive
+loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and AdamW
+(weight decay 0.05) minimises it.
+
+A run writes ``output`` (a training checkpoint, atomically, every
+``checkpoint_every`` steps and at the end) and ``output`` with the suffix
+``.safetensors`` (the backbone weights alone, for the weight registry). With
+``resume`` it continues from ``output`` exactly where it stopped: same weights,
+optimizer state, step and random state, refusing a different config. A few pairs
+are held out of training and the matching precision on them is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..evaluate.matching import matching_precision
+from ..models.backbone import build_backbone
+from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.weights import load_state_dict, save_safetensors
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .losses import FinetuneLossConfig, total_finetune_loss
+from .mining import mining_pool_size, sample_positives
+from .pairs import CorrespondencePairs, PairSample
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run (stored in its checkpoint)."""
+
+    backbone: str = "vgg16-slim"
+    init: str | None = None               # weights: a bundled name, a file or a URL; None = random
+    layers: tuple[int, ...] = DEFAULT_LAYERS
+    max_side: int = 512
+    iterations: int = 1000
+    lr: float = 1e-7                      # seed 002, for a pretrained VGG; from scratch needs more
+    weight_decay: float = 0.05
+    positives: int = 1024
+    checkpoint_every: int = 100
+    validate_every: int = 250
+    validation_pairs: int = 8             # held out of training, every k-th file
+    validation_points: int = 500
+    seed: int = 0
+    loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they read back
+
+
+def split_pairs(count: int, held_out: int) -> tuple[list[int], list[int]]:
+    """Training and validation indices: every k-th pair is held out (at most ``held_out``)."""
+    if count < 2:
+        raise InputError(f"fine-tuning needs at least 2 correspondence pairs, got {count}")
+    held_out = min(held_out, count // 2)
+    stride = count / held_out if held_out else math.inf
+    validation = sorted({int(i * stride) for i in range(held_out)})
+    return [i for i in range(count) if i not in set(validation)], validation
+
+
+class _Subset:
+    def __init__(self, pairs: CorrespondencePairs, indices: list[int]):
+        self.pairs, self.indices = pairs, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> PairSample:
+        return self.pairs[self.indices[i]]
+
+
+def build_model(config: FinetuneConfig) -> Hypercolumns:
+    """The backbone named in ``config``, with ``config.init`` weights if given, else
+    initialised from ``config.seed`` (without touching the caller's random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = Hypercolumns(build_backbone(config.backbone), config.layers)
+    if config.init:
+        state = load_state_dict(config.init)
+        features = {k: v for k, v in state.items() if k.startswith("features.")}
+        if not features:
+            raise InputError(f"weights {config.init!r} hold no 'features.*' tensors for a VGG backbone")
+        model.backbone.load_state_dict(features)
+    return model
+
+
+def level_maps(model: Hypercolumns, image: torch.Tensor) -> list[torch.Tensor]:
+    """The (C_l, H_l, W_l) maps of every hypercolumn level of one (3, H, W) image, unit norm per pixel."""
+    return [F.normalize(m[0], dim=0) for m in model.backbone.activations(image[None], model.layers)]
+
+
+def training_step(model: Hypercolumns, sample: PairSample, step: int, config: FinetuneConfig,
+                  generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one pair and its breakdown (no optimiser step)."""
+    keep = sample_positives(len(sample.points_a), config.positives, generator)
+    size_a = (sample.image_a.shape[-1], sample.image_a.shape[-2])
+    size_b = (sample.image_b.shape[-1], sample.image_b.shape[-2])
+    loss, breakdown = total_finetune_loss(
+        level_maps(model, sample.image_a), level_maps(model, sample.image_b),
+        sample.points_a[keep], sample.points_b[keep], size_a, size_b,
+        mining_pool_size(step), config.loss, generator)
+    return loss, {k: float(v) for k, v in breakdown.items() if "/" not in k}
+
+
+def finetune_features(correspondences: str | Path | Sequence[str | Path], images: str | Path | Sequence[str | Path],
+                      output: str | Path,
+                      config: FinetuneConfig = FinetuneConfig(), resume: bool = False,
+                      progress: Progress | None = None) -> Path:
+    """Run (or resume) fine-tuning; returns the checkpoint path (see the module docstring).
+
+    ``correspondences`` and ``images`` may be lists (one image root per folder), to
+    train on several streets or datasets at once.
+    """
+    output = Path(output)
+    pairs = CorrespondencePairs(correspondences, images, config.max_side)
+    train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
+    model = build_model(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, metrics = 0, {"history": []}
+    if resume:
+        checkpoint = load_checkpoint(output, config=config.to_dict())
+        model.load_state_dict(checkpoint.model_state)
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        restore_rng_state(checkpoint.rng_state)
+        generator.set_state(checkpoint.rng_state["loop_generator"])
+        step, metrics = checkpoint.step, dict(checkpoint.metrics)
+    elif output.exists():
+        raise InputError(f"{output} exists; pass resume to continue that run, or choose another output")
+
+    def save() -> None:
+        state = rng_state() | {"loop_generator": generator.get_state()}
+        save_checkpoint(output, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
+                        step=step, rng_state=state, config=config.to_dict(), metrics=metrics)
+
+    def validate() -> dict[str, float]:
+        held_out = _Subset(pairs, validation_ids)
+        precision = matching_precision(model, held_out, max_points=config.validation_points, seed=config.seed)
+        model.train()
+        return precision.percent()
+
+    model.train()
+    while step < config.iterations:
+        sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=generator))]]
+        if len(sample.points_a) < 8:
+            step += 1
+            continue
+        loss, breakdown = training_step(model, sample, step, config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        record = {"step": step, **breakdown}
+        if config.validate_every and (step % config.validate_every == 0 or step == config.iterations):
+            record["precision"] = validate()
+        metrics["history"].append(record)
+        if progress:
+            progress("fine-tune", step, config.iterations, breakdown)
+        if step % config.checkpoint_every == 0 or step == config.iterations:
+            save()
+    save()
+    export_weights(model, output.with_suffix(".safetensors"), config)
+    return output
+
+
+def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig) -> Path:
+    """The backbone's weights alone, as safetensors with the recipe in the metadata."""
+    return save_safetensors(model.backbone.state_dict(), path, metadata={"backbone": config.backbone,
+                                                   "layers": json.dumps(list(config.layers)),
+                                                   "recipe": json.dumps(config.to_dict())})

@@ -1,0 +1,59 @@
+"""``finetune-features``: a run, its checkpoints, exact resumption and exported weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from locseg.errors import InputError
+from locseg.models.weights import read_safetensors_metadata
+from locseg.train.checkpoint import load_checkpoint
+from locseg.train.finetune import FinetuneConfig, build_model, finetune_features, split_pairs
+
+FAST = FinetuneConfig(max_side=128, positives=64, iterations=3, checkpoint_every=1, validate_every=3,
+                      validation_pairs=2, validation_points=50, lr=1e-4)
+
+
+def _run(street, output, config=FAST, resume=False):
+    return finetune_features(street / "correspondences", street / "images", output, config, resume=resume)
+
+
+def test_resume_continues_exactly(small_street, tmp_path):
+    """A run stopped after step 2 and resumed ends where an uninterrupted run ends."""
+    straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt"))
+    partial = tmp_path / "partial.pt"
+    _run(small_street, partial, dataclasses.replace(FAST, iterations=2))
+    assert load_checkpoint(partial).step == 2
+    with pytest.raises(InputError, match="iterations"):  # a resumed run keeps its config
+        _run(small_street, partial, resume=True)
+    # Stand in for a run of 3 steps killed after its checkpoint at step 2.
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3
+    torch.save(checkpoint, partial)
+    resumed = load_checkpoint(_run(small_street, partial, resume=True))
+    assert resumed.step == straight.step == 3
+    assert [h["total"] for h in resumed.metrics["history"]] == [h["total"] for h in straight.metrics["history"]]
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
+    assert "all" in straight.metrics["history"][-1]["precision"]
+
+
+def test_exported_weights_initialise_a_new_run(small_street, tmp_path):
+    output = _run(small_street, tmp_path / "run.pt", dataclasses.replace(FAST, iterations=1, validate_every=0))
+    weights = output.with_suffix(".safetensors")
+    assert read_safetensors_metadata(weights)["backbone"] == "vgg16-slim"
+    model = build_model(dataclasses.replace(FAST, init=str(weights)))
+    trained = load_checkpoint(output).model_state
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, trained[name])
+    with pytest.raises(InputError, match="exists"):
+        _run(small_street, output)
+
+
+def test_validation_pairs_are_held_out():
+    train, validation = split_pairs(63, 8)
+    assert len(validation) == 8 and not set(train) & set(validation) and len(train) + 8 == 63
+    with pytest.raises(InputError, match="at least 2"):
+        split_pairs(1, 1)
