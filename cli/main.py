@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import evaluate, synth, train
+    from . import evaluate, features, synth, train
 
-    for module in (synth, evaluate, train):
+    for module in (synth, evaluate, train, features):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,4 +1,4 @@
-"""``locseg finetune-features``: fine-tune hypercolumns on correspondences."""
+"""Training commands: ``locseg finetune-features`` and ``locseg train-retrieval``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,34 @@ import click
 
 from locseg.models.backbone import BACKBONES
 from locseg.train.finetune import FinetuneConfig, finetune_features
+from locseg.train.retrieval import RetrievalConfig, train_retrieval
 
 from .progress import stage_progress
+
+
+def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str):
+    """The options every training command has, with defaults from its config."""
+    options = [
+        click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                     help="Checkpoint to write; the weights go next to it as .safetensors."),
+        click.option("--init", "init", default=None, help="Initial weights: a bundled name, a file or a URL."),
+        click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=defaults.backbone,
+                     show_default=True),
+        click.option("--iterations", type=click.IntRange(min=1), default=defaults.iterations, show_default=True),
+        click.option("--lr", type=float, default=defaults.lr, show_default=True, help=lr_help),
+        click.option("--max-side", type=click.IntRange(min=32), default=defaults.max_side, show_default=True),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=defaults.checkpoint_every,
+                     show_default=True),
+        click.option("--seed", type=int, default=defaults.seed, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run saved in --output."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @click.command("finetune-features")
@@ -17,19 +43,9 @@ from .progress import stage_progress
               multiple=True, help="Folder of Cross-Season Correspondence files (*.mat); repeat for several.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="Root that the image paths in those files are relative to; one per folder.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Checkpoint to write; the weights go next to it as .safetensors.")
-@click.option("--init", "init", default=None, help="Initial weights: a bundled name, a file or a URL.")
-@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-slim", show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--lr", type=float, default=1e-7, show_default=True,
-              help="AdamW learning rate (1e-7 suits a pretrained VGG; training from scratch needs more).")
-@click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True)
+@run_options(FinetuneConfig(), lr_help="AdamW learning rate (1e-7 suits a pretrained VGG; from scratch needs more).")
 @click.option("--validate-every", type=click.IntRange(min=0), default=250, show_default=True,
               help="Steps between matching-precision checks on held-out pairs (0: never).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run saved in --output.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float, max_side: int, checkpoint_every: int, validate_every: int, seed: int, resume: bool) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
@@ -43,8 +59,25 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 
+@click.command("train-retrieval")
+@click.option("--streets", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              multiple=True, help="A SynthSeasons street (locseg synth --split train); repeat for several.")
+@run_options(RetrievalConfig(), lr_help="AdamW learning rate.")
+@click.option("--freeze-backbone", is_flag=True, help="Train the NetVLAD layer only.")
+def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
+              max_side: int, freeze_backbone: bool, checkpoint_every: int, seed: int, resume: bool) -> None:
+    """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
+    config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
+                             freeze_backbone=freeze_backbone, checkpoint_every=checkpoint_every, seed=seed)
+    with stage_progress() as progress:
+        train_retrieval(streets, output, config, resume=resume,
+                        progress=lambda stage, done, total, losses: progress(
+                            stage, done, total, _format_losses(losses)))
+    click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
+
+
 def _format_losses(losses: dict[str, float]) -> str:
-    return " ".join(f"{k} {losses[k]:.3f}" for k in ("total", "dmc", "gn") if k in losses)
+    return " ".join(f"{k} {losses[k]:.3f}" for k in ("total", "dmc", "gn", "loss") if k in losses)
 
 
-COMMANDS = [finetune]
+COMMANDS = [finetune, retrieval]

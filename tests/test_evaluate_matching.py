@@ -38,8 +38,8 @@ def _pair_directory(tmp_path, shift: tuple[int, int], n: int = 300):
     rng = np.random.default_rng(2)
     points_a = rng.uniform([64 + dx, 48 + dy], [192, 144], (n, 2))
     pair = CorrespondencePair("reference/a.png", "night/b.png", points_a, points_a - shift, np.zeros(n))
-    write_correspondences(tmp_path / "corr" / "pair.mat", pair)
-    return CorrespondencePairs(tmp_path / "corr", tmp_path / "images", max_side=512)
+    write_correspondences(tmp_path / "correspondences" / "pair.mat", pair)
+    return CorrespondencePairs(tmp_path / "correspondences", tmp_path / "images", max_side=512)
 
 
 def test_a_shifted_copy_is_matched_where_it_moved(model, tmp_path):
@@ -70,3 +70,17 @@ def test_pairs_need_files_and_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no correspondence files"):
         CorrespondencePairs(tmp_path / "empty", tmp_path)
+
+
+def test_evaluate_features_command(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from locseg_cli.main import cli
+
+    _pair_directory(tmp_path, shift=(32, 16))
+    out = CliRunner().invoke(cli, ["evaluate-features", "--dataset", str(tmp_path), "--json", "--points", "100"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert set(result["matching_precision"]) == {"all", "night"} and "retrieval_recall" not in result

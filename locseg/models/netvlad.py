@@ -56,7 +56,7 @@ class NetVLAD(nn.Module):
         # alpha: make the nearest centroid 100 times more likely than the second nearest, on average.
         distances = torch.cdist(torch.from_numpy(x), centroids).pow(2).sort(dim=1).values
         gap = (distances[:, 1] - distances[:, 0]).mean().clamp_min(1e-6)
-        alpha = math.log(100.0) / float(gap)
+        alpha = min(math.log(100.0) / float(gap), 1e4)  # untrained features can be nearly identical
         self.centroids.copy_(centroids.to(self.centroids))
         self.assign.weight.copy_((2 * alpha * centroids).to(self.assign.weight)[:, :, None, None])
         self.assign.bias.copy_((-alpha * centroids.pow(2).sum(1)).to(self.assign.bias))
@@ -70,8 +70,17 @@ class NetVLAD(nn.Module):
         x = x.flatten(2)                                                # (B, D, HW)
         # Σ_i a_k(x_i) x_i − c_k Σ_i a_k(x_i)
         vlad = torch.einsum("bkn,bdn->bkd", soft, x) - self.centroids[None] * soft.sum(-1, keepdim=True)
-        vlad = F.normalize(vlad, dim=2)
-        return F.normalize(vlad.flatten(1), dim=1)
+        vlad = _unit(vlad, dim=2)
+        return _unit(vlad.flatten(1), dim=1)
+
+
+def _unit(x: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
+    """``x / |x|`` along ``dim`` with a gradient that stays finite at x = 0.
+
+    A cluster that receives no assignment has a zero residual; ``F.normalize``
+    back-propagates NaN through the norm there, this does not.
+    """
+    return x * torch.rsqrt(x.pow(2).sum(dim, keepdim=True) + eps)
 
 
 class PCAWhitening(nn.Module):

@@ -32,10 +32,10 @@ from ..evaluate.matching import matching_precision
 from ..models.backbone import build_backbone
 from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
 from ..models.weights import load_state_dict, save_safetensors
-from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .losses import FinetuneLossConfig, total_finetune_loss
 from .mining import mining_pool_size, sample_positives
 from .pairs import CorrespondencePairs, PairSample
+from .run import Run
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
 
@@ -131,22 +131,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
-    step, metrics = 0, {"history": []}
-    if resume:
-        checkpoint = load_checkpoint(output, config=config.to_dict())
-        model.load_state_dict(checkpoint.model_state)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        restore_rng_state(checkpoint.rng_state)
-        generator.set_state(checkpoint.rng_state["loop_generator"])
-        step, metrics = checkpoint.step, dict(checkpoint.metrics)
-    elif output.exists():
-        raise InputError(f"{output} exists; pass resume to continue that run, or choose another output")
-
-    def save() -> None:
-        state = rng_state() | {"loop_generator": generator.get_state()}
-        save_checkpoint(output, model_state=model.state_dict(), optimizer_state=optimizer.state_dict(),
-                        step=step, rng_state=state, config=config.to_dict(), metrics=metrics)
+    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
 
     def validate() -> dict[str, float]:
         held_out = _Subset(pairs, validation_ids)
@@ -155,25 +140,25 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
         return precision.percent()
 
     model.train()
-    while step < config.iterations:
-        sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=generator))]]
+    while run.step < config.iterations:
+        sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=run.generator))]]
         if len(sample.points_a) < 8:
-            step += 1
+            run.step += 1
             continue
-        loss, breakdown = training_step(model, sample, step, config, generator)
+        loss, breakdown = training_step(model, sample, run.step, config, run.generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        record = {"step": step, **breakdown}
-        if config.validate_every and (step % config.validate_every == 0 or step == config.iterations):
+        run.step += 1
+        record = dict(breakdown)
+        if config.validate_every and (run.step % config.validate_every == 0 or run.step == config.iterations):
             record["precision"] = validate()
-        metrics["history"].append(record)
+        run.record(record)
         if progress:
-            progress("fine-tune", step, config.iterations, breakdown)
-        if step % config.checkpoint_every == 0 or step == config.iterations:
-            save()
-    save()
+            progress("fine-tune", run.step, config.iterations, breakdown)
+        if run.step % config.checkpoint_every == 0:
+            run.save()
+    run.save()
     export_weights(model, output.with_suffix(".safetensors"), config)
     return output
 

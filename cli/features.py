@@ -1,0 +1,67 @@
+"""``locseg evaluate-features``: matching precision and retrieval recall on a street."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from locseg.evaluate.matching import matching_precision
+from locseg.evaluate.retrieval import retrieval_recall
+from locseg.models.backbone import BACKBONES
+from locseg.train.finetune import FinetuneConfig
+from locseg.train.finetune import build_model as build_hypercolumns
+from locseg.train.pairs import CorrespondencePairs
+from locseg.train.retrieval import PlaceImages, RetrievalConfig
+from locseg.train.retrieval import build_model as build_retrieval
+
+from .progress import stage_progress
+
+
+@click.command("evaluate-features")
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A SynthSeasons street (its correspondences, images and poses).")
+@click.option("--weights", default=None, help="Hypercolumn backbone weights (name, file or URL); random if absent.")
+@click.option("--retrieval-weights", default=None, help="NetVLAD weights; retrieval is skipped if absent.")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-slim", show_default=True)
+@click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
+@click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Correspondences checked per image pair.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
+                      max_side: int, points: int, as_json: bool) -> None:
+    """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
+    result: dict = {}
+    with stage_progress() as progress:
+        model = build_hypercolumns(FinetuneConfig(backbone=backbone, init=weights))
+        pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)
+        result["matching_precision"] = matching_precision(model, pairs, max_points=points,
+                                                          progress=progress).percent()
+        if retrieval_weights:
+            config = RetrievalConfig(backbone=backbone, init=retrieval_weights)
+            retrieval = build_retrieval(config, PlaceImages.from_streets([dataset]))
+            recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
+            result["retrieval_recall"] = {c: [r[k] for k in (1, 5, 10)] for c, r in recall.items()}
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    console = Console()
+    table = Table(title="Matching precision (%), true match within 4 px")
+    table.add_column("condition")
+    table.add_column("precision", justify="right")
+    for condition, value in result["matching_precision"].items():
+        table.add_row(condition, f"{value:.1f}")
+    console.print(table)
+    if "retrieval_recall" in result:
+        table = Table(title="Retrieval recall (%), a reference within 5 m and 30°")
+        for column in ("condition", "@1", "@5", "@10"):
+            table.add_column(column, justify="left" if column == "condition" else "right")
+        for condition, values in result["retrieval_recall"].items():
+            table.add_row(condition, *(f"{v:.1f}" for v in values))
+        console.print(table)
+
+
+COMMANDS = [evaluate_features]

@@ -1,0 +1,50 @@
+"""Retrieval recall on a SynthSeasons street.
+
+Every query is described, as is every reference image; PCA whitening is fitted on
+the reference descriptors (as the localizer does) and the queries' nearest
+references are ranked by cosine similarity. A retrieved reference is correct when
+its camera lies within ``radius`` metres and ``angle`` degrees of heading of the
+query's true pose. Recall@k is the percentage of queries with a correct reference
+among their first k, per condition and overall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..io.poses import read_poses
+from ..models.netvlad import PCAWhitening, recall_at, top_k
+from ..train.retrieval import RetrievalModel, describe
+
+
+def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 512, radius: float = 5.0,
+                     angle: float = 30.0, ks: tuple[int, ...] = (1, 5, 10), whiten: bool = True,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[int, float]]:
+    """``{condition: {k: recall %}}`` with an ``"all"`` entry first."""
+    street = Path(street)
+    reference = read_poses(street / "ground_truth" / "reference.txt")
+    queries = read_poses(street / "ground_truth" / "queries.txt")
+    ref_names, query_names = list(reference), list(queries)
+    db = describe(model, [street / "images" / n for n in ref_names], max_side, whiten=False, progress=progress)
+    q = describe(model, [street / "images" / n for n in query_names], max_side, whiten=False, progress=progress)
+    if whiten:
+        whitening = PCAWhitening().fit(db)
+        db, q = whitening(db), whitening(q)
+    _, ranked = top_k(q, db, max(ks))
+    centres = np.stack([reference[n].center.double().numpy() for n in ref_names])
+    forward = np.stack([reference[n].R[2].double().numpy() for n in ref_names])
+    positives = []
+    for name in query_names:
+        pose = queries[name]
+        near = np.linalg.norm(centres - pose.center.double().numpy(), axis=1) <= radius
+        aligned = forward @ pose.R[2].double().numpy() >= np.cos(np.radians(angle))
+        positives.append(set(np.flatnonzero(near & aligned).tolist()))
+    conditions = [n.split("/", 1)[0] for n in query_names]
+    result = {"all": recall_at(ranked.numpy(), positives, ks)}
+    for condition in sorted(set(conditions)):
+        rows = [i for i, c in enumerate(conditions) if c == condition]
+        result[condition] = recall_at(ranked.numpy()[rows], [positives[i] for i in rows], ks)
+    return result

@@ -1,0 +1,232 @@
+"""``locseg train-retrieval``: NetVLAD global descriptors trained on SynthSeasons streets.
+
+Images of a street's traversals are places with known poses. For an anchor image,
+the positives are images of *other* traversals whose camera lies within
+``positive_radius`` metres and ``positive_angle`` degrees of heading; negatives are
+images farther than ``negative_radius`` metres. Each step takes one anchor, the
+positive whose descriptor is closest (of a few candidates), and the hardest of a
+few random negatives, and minimises the triplet loss
+``sum_n max(0, |a - p|^2 + margin - |a - n|^2)`` over the hardest negatives, as
+NetVLAD is trained (Arandjelović et al., CVPR 2016). The backbone is trained with
+the NetVLAD layer unless ``freeze_backbone``.
+
+Checkpoints, ``resume`` and exported weights follow finetune-features: the
+checkpoint at ``output``, and ``output`` with the suffix ``.safetensors`` holding
+``backbone.*`` and ``netvlad.*`` tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..geometry import Pose
+from ..io.poses import read_poses
+from ..models.backbone import build_backbone
+from ..models.netvlad import NetVLAD, PCAWhitening
+from ..models.preprocess import load_image, normalize_image, resize_image
+from ..models.weights import load_state_dict, save_safetensors
+from .run import Run
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+class RetrievalModel(nn.Module):
+    """Backbone conv5_3 → NetVLAD → (optional) PCA whitening: (B, 3, H, W) → (B, D) unit descriptors."""
+
+    def __init__(self, backbone: str = "vgg16-slim", clusters: int = 64):
+        super().__init__()
+        self.backbone = build_backbone(backbone)
+        self.netvlad = NetVLAD(self.backbone.channels_entering(29), clusters)
+        self.whitening = PCAWhitening()
+
+    def forward(self, images: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+        descriptors = self.netvlad(self.backbone.conv5_3(images))
+        return self.whitening(descriptors) if whiten and self.whitening.fitted else descriptors
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Everything that determines a retrieval training run."""
+
+    backbone: str = "vgg16-slim"
+    init: str | None = None
+    clusters: int = 64
+    max_side: int = 512
+    iterations: int = 500
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    margin: float = 0.1
+    positive_candidates: int = 4
+    negative_candidates: int = 10
+    hardest_negatives: int = 3
+    positive_radius: float = 5.0     # metres
+    positive_angle: float = 30.0     # degrees of heading
+    negative_radius: float = 25.0    # metres
+    freeze_backbone: bool = False
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class PlaceImages:
+    """Every image of some streets with its true pose.
+
+    Attributes:
+        paths: image files; street: (N,) index of the street each belongs to;
+        condition: (N,) condition names; centres: (N, 3) camera centres;
+        forward: (N, 3) viewing directions (world frame).
+    """
+
+    paths: list[Path]
+    street: np.ndarray
+    condition: np.ndarray
+    centres: np.ndarray
+    forward: np.ndarray
+
+    @staticmethod
+    def from_streets(streets: Sequence[str | Path]) -> "PlaceImages":
+        paths, street, condition, centres, forward = [], [], [], [], []
+        for index, root in enumerate(map(Path, streets)):
+            poses: dict[str, Pose] = {}
+            for name in ("reference.txt", "queries.txt"):
+                file = root / "ground_truth" / name
+                if not file.is_file():
+                    raise InputError(f"{root} is not a SynthSeasons street: {file} is missing")
+                poses.update(read_poses(file))
+            for name, pose in poses.items():
+                paths.append(root / "images" / name)
+                street.append(index)
+                condition.append(name.split("/", 1)[0])
+                centres.append(pose.center.double().numpy())
+                forward.append(pose.R[2].double().numpy())
+        return PlaceImages(paths, np.array(street), np.array(condition), np.stack(centres), np.stack(forward))
+
+    def positives(self, i: int, radius: float, angle: float) -> np.ndarray:
+        """Images of other traversals of the same street within ``radius`` m and ``angle`` degrees."""
+        near = self._same_street(i) & (np.linalg.norm(self.centres - self.centres[i], axis=1) <= radius)
+        cosine = self.forward @ self.forward[i]
+        return np.flatnonzero(near & (cosine >= np.cos(np.radians(angle))) & (self.condition != self.condition[i]))
+
+    def negatives(self, i: int, radius: float) -> np.ndarray:
+        """Images farther than ``radius`` metres, or of another street."""
+        far = np.linalg.norm(self.centres - self.centres[i], axis=1) > radius
+        return np.flatnonzero(far | ~self._same_street(i))
+
+    def _same_street(self, i: int) -> np.ndarray:
+        return self.street == self.street[i]
+
+
+def load_input(path: Path, max_side: int) -> torch.Tensor:
+    """(3, H, W) network input of an image file."""
+    return normalize_image(resize_image(load_image(path), max_side=max_side)[0])
+
+
+def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten: bool = True,
+             progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
+    """(N, D) descriptors of image files, one at a time (sizes may differ)."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for done, path in enumerate(paths):
+            out.append(model(load_input(path, max_side)[None], whiten=whiten)[0])
+            if progress:
+                progress("describe", done + 1, len(paths))
+    return torch.stack(out)
+
+
+def build_model(config: RetrievalConfig, places: PlaceImages) -> RetrievalModel:
+    """The model, from ``config.init`` weights or seeded random weights with NetVLAD
+    initialised by k-means on conv5_3 descriptors of a few training images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = RetrievalModel(config.backbone, config.clusters)
+    if config.init:
+        state = load_state_dict(config.init)
+        backbone = {k: v for k, v in state.items() if k.startswith("features.")}
+        backbone |= {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.backbone.load_state_dict(backbone)
+        netvlad = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("netvlad.")}
+        if netvlad:
+            model.netvlad.load_state_dict(netvlad)
+            return model
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(len(places.paths), min(16, len(places.paths)), replace=False)
+    with torch.inference_mode():
+        local = [model.backbone.conv5_3(load_input(places.paths[i], config.max_side)[None])[0].flatten(1).T
+                 for i in sample]
+    local = torch.cat(local)
+    keep = torch.from_numpy(rng.choice(len(local), min(len(local), 20000), replace=False))
+    model.netvlad.init_from_descriptors(local[keep], seed=config.seed)
+    return model
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                 margin: float) -> torch.Tensor:
+    """Mean over negatives of ``max(0, |a - p|^2 + margin - |a - n|^2)``; (D,), (D,), (K, D) → ()."""
+    d_pos = (anchor - positive).pow(2).sum()
+    d_neg = (anchor[None] - negatives).pow(2).sum(1)
+    return torch.relu(d_pos + margin - d_neg).mean()
+
+
+def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: RetrievalConfig = RetrievalConfig(),
+                    resume: bool = False, progress: Progress | None = None) -> Path:
+    """Train (or resume training) NetVLAD on ``streets``; returns the checkpoint path."""
+    output = Path(output)
+    places = PlaceImages.from_streets(streets)
+    anchors = np.array([i for i in range(len(places.paths))
+                        if len(places.positives(i, config.positive_radius, config.positive_angle))
+                        and len(places.negatives(i, config.negative_radius))])
+    if len(anchors) == 0:
+        raise InputError("no image has both a positive in another traversal and a negative farther than "
+                         f"{config.negative_radius} m; check positive_radius, positive_angle and negative_radius")
+    model = build_model(config, places)
+    if config.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
+
+    def pick(candidates: np.ndarray, count: int) -> np.ndarray:
+        order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()
+        return candidates[order]
+
+    while run.step < config.iterations:
+        anchor = int(anchors[int(torch.randint(len(anchors), (1,), generator=run.generator))])
+        positives = pick(places.positives(anchor, config.positive_radius, config.positive_angle),
+                         config.positive_candidates)
+        negatives = pick(places.negatives(anchor, config.negative_radius), config.negative_candidates)
+        images = [load_input(places.paths[i], config.max_side) for i in [anchor, *positives, *negatives]]
+        model.train()
+        descriptors = torch.cat([model(image[None], whiten=False) for image in images])
+        a, p, n = descriptors[0], descriptors[1:1 + len(positives)], descriptors[1 + len(positives):]
+        with torch.no_grad():  # the closest positive, and the hardest negatives
+            best = int((p - a).pow(2).sum(1).argmin())
+            hardest = (n - a).pow(2).sum(1).argsort()[: config.hardest_negatives]
+        loss = triplet_loss(a, p[best], n[hardest], config.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run.step += 1
+        value = float(loss.detach())
+        run.record({"loss": value})
+        if progress:
+            progress("train-retrieval", run.step, config.iterations, {"loss": value})
+        if run.step % config.checkpoint_every == 0:
+            run.save()
+    run.save()
+    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    state |= {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
+    save_safetensors(state, output.with_suffix(".safetensors"),
+                     metadata={"backbone": config.backbone, "recipe": json.dumps(config.to_dict())})
+    return output

@@ -1,0 +1,61 @@
+"""What every locseg training command shares: starting or resuming a run, and saving it.
+
+A run owns a model, its optimizer and a torch.Generator from which the training
+loop draws all its samples. Its checkpoint holds all three plus the global random
+state, the step, the config and the metrics, so that a resumed run continues
+exactly as an uninterrupted one would (see ``locseg.train.checkpoint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+
+
+@dataclass
+class Run:
+    """A training run writing its checkpoint to ``output``."""
+
+    output: Path
+    config: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    metrics: dict = field(default_factory=lambda: {"history": []})
+
+    @staticmethod
+    def start(output: str | Path, config: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+              seed: int, resume: bool) -> "Run":
+        """A new run, or with ``resume`` the run saved at ``output`` (same config only).
+
+        A new run refuses to overwrite an existing ``output``.
+        """
+        run = Run(Path(output), config, model, optimizer, torch.Generator().manual_seed(seed))
+        if resume:
+            checkpoint = load_checkpoint(run.output, config=config)
+            model.load_state_dict(checkpoint.model_state)
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+            restore_rng_state(checkpoint.rng_state)
+            run.generator.set_state(checkpoint.rng_state["loop_generator"])
+            run.step, run.metrics = checkpoint.step, dict(checkpoint.metrics)
+        elif run.output.exists():
+            raise InputError(f"{run.output} exists; pass resume to continue that run, or choose another output")
+        return run
+
+    def save(self) -> Path:
+        """Write the checkpoint (atomically)."""
+        return save_checkpoint(self.output, model_state=self.model.state_dict(),
+                               optimizer_state=self.optimizer.state_dict(), step=self.step,
+                               rng_state=rng_state() | {"loop_generator": self.generator.get_state()},
+                               config=self.config, metrics=self.metrics)
+
+    def record(self, values: dict) -> None:
+        """Append the values of the step just taken to the history."""
+        self.metrics["history"].append({"step": self.step, **values})

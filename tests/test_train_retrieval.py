@@ -1,0 +1,68 @@
+"""NetVLAD training on places of known pose, and retrieval recall."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from locseg.errors import InputError
+from locseg.evaluate import retrieval as retrieval_eval
+from locseg.io.poses import read_poses
+from locseg.train.checkpoint import load_checkpoint
+from locseg.train.retrieval import (PlaceImages, RetrievalConfig, RetrievalModel, build_model, train_retrieval,
+                                    triplet_loss)
+
+FAST = RetrievalConfig(max_side=96, iterations=3, checkpoint_every=1, negative_radius=10.0,
+                       positive_candidates=2, negative_candidates=3, hardest_negatives=2, lr=1e-3)
+
+
+def test_triplet_loss_by_hand():
+    a, p = torch.tensor([1.0, 0.0]), torch.tensor([0.8, 0.6])   # |a - p|^2 = 0.4
+    negatives = torch.tensor([[0.0, 1.0], [0.6, 0.8]])           # |a - n|^2 = 2.0, 0.8
+    assert float(triplet_loss(a, p, negatives, margin=0.5)) == pytest.approx((0.0 + 0.1) / 2)
+
+
+def test_positives_and_negatives_follow_the_poses(small_street):
+    places = PlaceImages.from_streets([small_street])
+    for i in range(0, len(places.paths), 7):
+        for j in places.positives(i, 5.0, 30.0):
+            assert places.condition[j] != places.condition[i]
+            assert np.linalg.norm(places.centres[j] - places.centres[i]) <= 5.0
+            assert places.forward[j] @ places.forward[i] >= np.cos(np.radians(30.0)) - 1e-12
+        for j in places.negatives(i, 10.0):
+            assert np.linalg.norm(places.centres[j] - places.centres[i]) > 10.0
+    with pytest.raises(InputError, match="not a SynthSeasons street"):
+        PlaceImages.from_streets([small_street / "images"])
+
+
+def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
+    straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", FAST))
+    partial = tmp_path / "partial.pt"
+    train_retrieval([small_street], partial, dataclasses.replace(FAST, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
+    torch.save(checkpoint, partial)
+    resumed = load_checkpoint(train_retrieval([small_street], partial, FAST, resume=True))
+    assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
+    model = build_model(dataclasses.replace(FAST, init=str(tmp_path / "straight.safetensors")),
+                        PlaceImages.from_streets([small_street]))
+    for name, value in model.state_dict().items():
+        if not name.startswith("whitening"):
+            torch.testing.assert_close(value, straight.model_state[name])
+
+
+def test_recall_counts_a_reference_near_the_true_pose(small_street, monkeypatch):
+    """Descriptors that encode the true camera position retrieve a correct reference first."""
+    poses = {**read_poses(small_street / "ground_truth/reference.txt"),
+             **read_poses(small_street / "ground_truth/queries.txt")}
+
+    def oracle(model, paths, max_side, whiten=True, progress=None):
+        centres = torch.stack([poses["/".join(p.parts[-3:])].center.float() for p in paths])
+        return torch.exp(-torch.cdist(centres, torch.linspace(-5, 30, 64)[:, None] * torch.tensor([1.0, 0, 0])))
+
+    monkeypatch.setattr(retrieval_eval, "describe", oracle)
+    recall = retrieval_eval.retrieval_recall(RetrievalModel(), small_street, whiten=False, angle=90.0)
+    assert recall["all"][1] == 100.0 and set(recall) >= {"all", "night", "snow"}
