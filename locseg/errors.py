@@ -40,6 +40,22 @@ class FormatError(LocsegError):
         super().__init__(f"{where}: {message}")
 
 
+class ChecksumError(LocsegError):
+    """A file's sha256 is not the one that was expected.
+
+    Attributes:
+        source: the URL or path whose content was checked.
+        expected, actual: the two hexadecimal digests.
+    """
+
+    exit_code = 3
+
+    def __init__(self, source: str | Path, expected: str, actual: str, note: str = ""):
+        self.source, self.expected, self.actual = str(source), expected, actual
+        message = f"{source}: sha256 mismatch: expected {expected}, got {actual}"
+        super().__init__(f"{message}; {note}" if note else message)
+
+
 class ShapeError(InputError):
     """A tensor or array does not have the shape a function documents."""
 

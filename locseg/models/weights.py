@@ -45,7 +45,7 @@ import safetensors.torch
 import torch
 
 from locseg import __version__
-from locseg.errors import FormatError, InputError, LocsegError, RegistryError
+from locseg.errors import ChecksumError, FormatError, InputError, RegistryError
 from locseg.io._common import atomic_output
 
 URL_SCHEMES = ("http", "https", "file")
@@ -55,22 +55,6 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-class ChecksumError(LocsegError):
-    """A file's sha256 is not the one that was expected.
-
-    Attributes:
-        source: the URL or path whose content was checked.
-        expected, actual: the two hexadecimal digests.
-    """
-
-    exit_code = 3
-
-    def __init__(self, source: str | Path, expected: str, actual: str, note: str = ""):
-        self.source, self.expected, self.actual = str(source), expected, actual
-        message = f"{source}: sha256 mismatch: expected {expected}, got {actual}"
-        super().__init__(f"{message}; {note}" if note else message)
 
 
 @dataclass(frozen=True)
