@@ -42,7 +42,7 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
                                                           progress=progress).percent()
         if retrieval_weights:
             config = RetrievalConfig(backbone=backbone, init=retrieval_weights)
-            retrieval = build_retrieval(config, PlaceImages.from_streets([dataset]))
+            retrieval = build_retrieval(config, PlaceImages.from_streets([dataset]), require_netvlad=True)
             recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
             result["retrieval_recall"] = {c: [r[k] for k in (1, 5, 10)] for c, r in recall.items()}
     if as_json:

@@ -13,7 +13,7 @@ from locseg.train.retrieval import RetrievalConfig, train_retrieval
 from .progress import stage_progress
 
 
-def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str):
+def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_default: float | None):
     """The options every training command has, with defaults from its config."""
     options = [
         click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -22,7 +22,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str):
         click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=defaults.backbone,
                      show_default=True),
         click.option("--iterations", type=click.IntRange(min=1), default=defaults.iterations, show_default=True),
-        click.option("--lr", type=float, default=defaults.lr, show_default=True, help=lr_help),
+        click.option("--lr", type=float, default=lr_default, show_default=lr_default is not None, help=lr_help),
         click.option("--max-side", type=click.IntRange(min=32), default=defaults.max_side, show_default=True),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=defaults.checkpoint_every,
                      show_default=True),
@@ -43,11 +43,14 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str):
               multiple=True, help="Folder of Cross-Season Correspondence files (*.mat); repeat for several.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="Root that the image paths in those files are relative to; one per folder.")
-@run_options(FinetuneConfig(), lr_help="AdamW learning rate (1e-7 suits a pretrained VGG; from scratch needs more).")
-@click.option("--validate-every", type=click.IntRange(min=0), default=250, show_default=True,
+@run_options(FinetuneConfig(), lr_default=None,
+             lr_help="AdamW learning rate [default: 1e-7 with --init, as seed 002; 1e-4 from scratch].")
+@click.option("--validate-every", type=click.IntRange(min=0), default=FinetuneConfig().validate_every,
+              show_default=True,
               help="Steps between matching-precision checks on held-out pairs (0: never).")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
-             lr: float, max_side: int, checkpoint_every: int, validate_every: int, seed: int, resume: bool) -> None:
+             lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
+             resume: bool) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
@@ -62,7 +65,7 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
 @click.command("train-retrieval")
 @click.option("--streets", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="A SynthSeasons street (locseg synth --split train); repeat for several.")
-@run_options(RetrievalConfig(), lr_help="AdamW learning rate.")
+@run_options(RetrievalConfig(), lr_help="AdamW learning rate.", lr_default=RetrievalConfig().lr)
 @click.option("--freeze-backbone", is_flag=True, help="Train the NetVLAD layer only.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, freeze_backbone: bool, checkpoint_every: int, seed: int, resume: bool) -> None:

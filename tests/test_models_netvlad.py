@@ -50,10 +50,12 @@ def test_kmeans_initialisation_finds_the_clusters():
     samples = torch.cat([c + 0.01 * torch.from_numpy(rng.standard_normal((50, 8))) for c in centres]).float()
     layer = NetVLAD(dim=8, clusters=4)
     layer.init_from_descriptors(samples, seed=0)
-    nearest = torch.cdist(layer.centroids.detach().double(), centres.double()).min(1).values
+    torch.testing.assert_close(layer.centre, samples.mean(0))
+    expected = F.normalize(centres.double() - layer.centre.double(), dim=1)  # clusters of the centred data
+    nearest = torch.cdist(layer.centroids.detach().double(), expected).min(1).values
     assert (nearest < 0.05).all()
     # The assignment picks each sample's own cluster, with high confidence.
-    soft = F.softmax(layer.assign(F.normalize(samples, dim=1)[:, :, None, None])[:, :, 0, 0], dim=1)
+    soft = F.softmax(layer.assign(F.normalize(samples - layer.centre, dim=1)[:, :, None, None])[:, :, 0, 0], dim=1)
     assert soft.max(1).values.mean() > 0.9
     with pytest.raises(ShapeError, match="descriptors"):
         layer.init_from_descriptors(samples[:3])
@@ -85,3 +87,19 @@ def test_top_k_and_recall():
     assert recall == {1: 0.0, 2: 50.0, 3: 100.0}
     with pytest.raises(InputError, match="k must be"):
         top_k(query, database, k=0)
+
+
+def test_nearly_parallel_descriptors_still_spread():
+    """Untrained networks give local descriptors with cosines above 0.99; centring them keeps
+    the assignment soft enough to learn (alpha in the tens, not thousands) and images apart."""
+    generator = torch.Generator().manual_seed(0)
+    common = F.normalize(torch.rand(32, generator=generator), dim=0)
+    maps = common[None, :, None, None] + 0.01 * torch.randn(6, 32, 8, 8, generator=generator)
+    assert F.cosine_similarity(maps[0, :, 0, 0], maps[1, :, 3, 3], dim=0) > 0.99
+    layer = NetVLAD(dim=32, clusters=8)
+    layer.init_from_descriptors(maps.permute(0, 2, 3, 1).reshape(-1, 32), seed=0)
+    alpha = layer.assign.weight.norm(dim=1).max() / (2 * layer.centroids.norm(dim=1).max())
+    assert float(alpha) < 100
+    descriptors = layer(maps)
+    distances = torch.cdist(descriptors, descriptors)[~torch.eye(6, dtype=torch.bool)]
+    assert distances.min() > 0.3

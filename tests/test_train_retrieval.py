@@ -20,9 +20,10 @@ FAST = RetrievalConfig(max_side=96, iterations=3, checkpoint_every=1, negative_r
 
 
 def test_triplet_loss_by_hand():
-    a, p = torch.tensor([1.0, 0.0]), torch.tensor([0.8, 0.6])   # |a - p|^2 = 0.4
-    negatives = torch.tensor([[0.0, 1.0], [0.6, 0.8]])           # |a - n|^2 = 2.0, 0.8
-    assert float(triplet_loss(a, p, negatives, margin=0.5)) == pytest.approx((0.0 + 0.1) / 2)
+    a, p = torch.tensor([1.0, 0.0]), torch.tensor([0.8, 0.6])   # |a - p| = sqrt(0.4)
+    negatives = torch.tensor([[0.0, 1.0], [0.6, 0.8]])           # |a - n| = sqrt(2), sqrt(0.8)
+    expected = (0.0 + (0.4 ** 0.5 + 0.5 - 0.8 ** 0.5)) / 2       # the first negative is beyond the margin
+    assert float(triplet_loss(a, p, negatives, margin=0.5)) == pytest.approx(expected)
 
 
 def test_positives_and_negatives_follow_the_poses(small_street):
@@ -47,6 +48,8 @@ def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
     torch.save(checkpoint, partial)
     resumed = load_checkpoint(train_retrieval([small_street], partial, FAST, resume=True))
     assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
+    for name, value in straight.model_state.items():  # the last step's update too
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
     model = build_model(dataclasses.replace(FAST, init=str(tmp_path / "straight.safetensors")),
                         PlaceImages.from_streets([small_street]))
     for name, value in model.state_dict().items():

@@ -17,11 +17,12 @@ import numpy as np
 
 from ..io.poses import read_poses
 from ..models.netvlad import PCAWhitening, recall_at, top_k
-from ..train.retrieval import RetrievalModel, describe
+from ..train.retrieval import RetrievalModel, describe, same_place
 
 
 def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 512, radius: float = 5.0,
                      angle: float = 30.0, ks: tuple[int, ...] = (1, 5, 10), whiten: bool = True,
+                     whitening_dim: int = 64,
                      progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[int, float]]:
     """``{condition: {k: recall %}}`` with an ``"all"`` entry first."""
     street = Path(street)
@@ -31,17 +32,16 @@ def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 
     db = describe(model, [street / "images" / n for n in ref_names], max_side, whiten=False, progress=progress)
     q = describe(model, [street / "images" / n for n in query_names], max_side, whiten=False, progress=progress)
     if whiten:
-        whitening = PCAWhitening().fit(db)
+        # Far fewer axes than references: whitening all N - 1 axes of N samples maps them onto
+        # a regular simplex and ranks queries by their noise.
+        whitening = PCAWhitening().fit(db, dim=min(whitening_dim, max(1, len(db) // 2)))
         db, q = whitening(db), whitening(q)
     _, ranked = top_k(q, db, max(ks))
     centres = np.stack([reference[n].center.double().numpy() for n in ref_names])
     forward = np.stack([reference[n].R[2].double().numpy() for n in ref_names])
-    positives = []
-    for name in query_names:
-        pose = queries[name]
-        near = np.linalg.norm(centres - pose.center.double().numpy(), axis=1) <= radius
-        aligned = forward @ pose.R[2].double().numpy() >= np.cos(np.radians(angle))
-        positives.append(set(np.flatnonzero(near & aligned).tolist()))
+    positives = [set(np.flatnonzero(same_place(centres, forward, queries[n].center.double().numpy(),
+                                               queries[n].R[2].double().numpy(), radius, angle)).tolist())
+                 for n in query_names]
     conditions = [n.split("/", 1)[0] for n in query_names]
     result = {"all": recall_at(ranked.numpy(), positives, ks)}
     for condition in sorted(set(conditions)):

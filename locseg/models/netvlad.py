@@ -9,6 +9,12 @@ L2-normalised per location before aggregation. Initialised from k-means centroid
 c_k with w_k = 2α c_k and b_k = −α‖c_k‖², the soft assignment is a softmax over
 −α‖x − c_k‖², i.e. nearest-centroid assignment that sharpens with α.
 
+Local descriptors are centred before they are normalised: the mean descriptor of
+the k-means sample is a buffer (``centre``, zero until initialised). Descriptors
+of an untrained network are nearly parallel (mean cosine above 0.99), so without
+centring all residuals share one large component, α comes out in the thousands,
+and training drives every image to the same global descriptor.
+
 Whitening projects descriptors on the principal axes of a set of reference
 descriptors, divides each axis by its standard deviation, and L2-normalises again.
 """
@@ -39,18 +45,20 @@ class NetVLAD(nn.Module):
         self.dim, self.clusters = dim, clusters
         self.assign = nn.Conv2d(dim, clusters, kernel_size=1, bias=True)
         self.centroids = nn.Parameter(torch.randn(clusters, dim) / math.sqrt(dim))
+        self.register_buffer("centre", torch.zeros(dim))
 
     @torch.no_grad()
     def init_from_descriptors(self, descriptors: torch.Tensor, seed: int = 0, iterations: int = 30) -> None:
         """Initialise centroids by k-means and the assignment from them.
 
         Args:
-            descriptors: (N, D) local descriptors, N ≥ K (they are L2-normalised here).
+            descriptors: (N, D) local descriptors, N ≥ K (centred and L2-normalised here).
         """
         check_shape("descriptors", tuple(descriptors.shape), f"(N >= {self.clusters}, {self.dim})",
                     descriptors.ndim == 2 and descriptors.shape[1] == self.dim
                     and descriptors.shape[0] >= self.clusters)
-        x = F.normalize(descriptors.double(), dim=1).cpu().numpy()
+        self.centre.copy_(descriptors.mean(0).to(self.centre))
+        x = F.normalize(descriptors.double() - self.centre.double(), dim=1).cpu().numpy()
         centroids, _ = kmeans2(x, self.clusters, iter=iterations, minit="++", seed=seed)
         centroids = torch.from_numpy(centroids)
         # alpha: make the nearest centroid 100 times more likely than the second nearest, on average.
@@ -65,7 +73,7 @@ class NetVLAD(nn.Module):
         """(B, D, H, W) local descriptors → (B, K·D) unit global descriptors."""
         check_shape("features", tuple(features.shape), f"(B, {self.dim}, H, W)",
                     features.ndim == 4 and features.shape[1] == self.dim)
-        x = F.normalize(features, dim=1)
+        x = F.normalize(features - self.centre[None, :, None, None], dim=1)
         soft = F.softmax(self.assign(x), dim=1).flatten(2)            # (B, K, HW)
         x = x.flatten(2)                                                # (B, D, HW)
         # Σ_i a_k(x_i) x_i − c_k Σ_i a_k(x_i)

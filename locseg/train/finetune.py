@@ -13,7 +13,9 @@ A run writes ``output`` (a training checkpoint, atomically, every
 ``.safetensors`` (the backbone weights alone, for the weight registry). With
 ``resume`` it continues from ``output`` exactly where it stopped: same weights,
 optimizer state, step and random state, refusing a different config. A few pairs
-are held out of training and the matching precision on them is logged.
+are held out of training and the matching precision on them is logged; they come
+from the same streets (and may share images with training pairs), so this tracks
+progress, and a test street the model never saw judges it (locseg evaluate-features).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from .pairs import CorrespondencePairs, PairSample
 from .run import Run
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
+PRETRAINED_LR = 1e-7  # seed 002, fine-tuning a pretrained VGG-16
+SCRATCH_LR = 1e-4     # a randomly initialised backbone learns nothing at 1e-7
+MIN_POINTS = 8        # a pair with fewer correspondences in view is skipped
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class FinetuneConfig:
     layers: tuple[int, ...] = DEFAULT_LAYERS
     max_side: int = 512
     iterations: int = 1000
-    lr: float = 1e-7                      # seed 002, for a pretrained VGG; from scratch needs more
+    lr: float | None = None               # None: 1e-7 from given weights (seed 002), 1e-4 from scratch
     weight_decay: float = 0.05
     positives: int = 1024
     checkpoint_every: int = 100
@@ -58,6 +63,10 @@ class FinetuneConfig:
     validation_points: int = 500
     seed: int = 0
     loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            object.__setattr__(self, "lr", PRETRAINED_LR if self.init else SCRATCH_LR)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they read back
@@ -142,8 +151,9 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     model.train()
     while run.step < config.iterations:
         sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=run.generator))]]
-        if len(sample.points_a) < 8:
+        if len(sample.points_a) < MIN_POINTS:
             run.step += 1
+            run.metrics["skipped"] = run.metrics.get("skipped", 0) + 1
             continue
         loss, breakdown = training_step(model, sample, run.step, config, run.generator)
         optimizer.zero_grad(set_to_none=True)
@@ -159,6 +169,9 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
+    if run.metrics.get("skipped", 0) >= config.iterations:
+        raise InputError(f"no training pair had {MIN_POINTS} correspondences inside both images; "
+                         "nothing was trained (check the image root and the correspondence files)")
     export_weights(model, output.with_suffix(".safetensors"), config)
     return output
 

@@ -6,8 +6,10 @@ the positives are images of *other* traversals whose camera lies within
 images farther than ``negative_radius`` metres. Each step takes one anchor, the
 positive whose descriptor is closest (of a few candidates), and the hardest of a
 few random negatives, and minimises the triplet loss
-``sum_n max(0, |a - p|^2 + margin - |a - n|^2)`` over the hardest negatives, as
-NetVLAD is trained (Arandjelović et al., CVPR 2016). The backbone is trained with
+``mean_n max(0, |a - p| + margin - |a - n|)`` over the hardest negatives, with
+margin sqrt(0.1) (NetVLAD, Arandjelović et al., CVPR 2016, uses 0.1 on squared
+distances). Candidates are ranked without gradients, and only the chosen images go
+through the network with gradients. The backbone is trained with
 the NetVLAD layer unless ``freeze_backbone``.
 
 Checkpoints, ``resume`` and exported weights follow finetune-features: the
@@ -63,7 +65,7 @@ class RetrievalConfig:
     iterations: int = 500
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    margin: float = 0.1
+    margin: float = 0.1 ** 0.5   # on unsquared distances, as sqrt of NetVLAD's 0.1 on squared ones
     positive_candidates: int = 4
     negative_candidates: int = 10
     hardest_negatives: int = 3
@@ -76,6 +78,14 @@ class RetrievalConfig:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+
+def same_place(centres: np.ndarray, forward: np.ndarray, centre: np.ndarray, direction: np.ndarray,
+               radius: float, angle: float) -> np.ndarray:
+    """(N,) whether cameras (centres (N, 3), viewing directions (N, 3)) see the place a camera
+    at ``centre`` looking along ``direction`` sees: within ``radius`` metres and ``angle`` degrees."""
+    near = np.linalg.norm(centres - centre, axis=1) <= radius
+    return near & (forward @ direction >= np.cos(np.radians(angle)))
 
 
 @dataclass
@@ -114,9 +124,8 @@ class PlaceImages:
 
     def positives(self, i: int, radius: float, angle: float) -> np.ndarray:
         """Images of other traversals of the same street within ``radius`` m and ``angle`` degrees."""
-        near = self._same_street(i) & (np.linalg.norm(self.centres - self.centres[i], axis=1) <= radius)
-        cosine = self.forward @ self.forward[i]
-        return np.flatnonzero(near & (cosine >= np.cos(np.radians(angle))) & (self.condition != self.condition[i]))
+        same = same_place(self.centres, self.forward, self.centres[i], self.forward[i], radius, angle)
+        return np.flatnonzero(same & self._same_street(i) & (self.condition != self.condition[i]))
 
     def negatives(self, i: int, radius: float) -> np.ndarray:
         """Images farther than ``radius`` metres, or of another street."""
@@ -145,9 +154,13 @@ def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten
     return torch.stack(out)
 
 
-def build_model(config: RetrievalConfig, places: PlaceImages) -> RetrievalModel:
+def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: bool = False) -> RetrievalModel:
     """The model, from ``config.init`` weights or seeded random weights with NetVLAD
-    initialised by k-means on conv5_3 descriptors of a few training images."""
+    initialised by k-means on conv5_3 descriptors of a few training images.
+
+    ``require_netvlad`` refuses weights without a trained NetVLAD layer (for evaluation,
+    where a layer initialised on the evaluation images would be reported as trained).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = RetrievalModel(config.backbone, config.clusters)
@@ -160,6 +173,9 @@ def build_model(config: RetrievalConfig, places: PlaceImages) -> RetrievalModel:
         if netvlad:
             model.netvlad.load_state_dict(netvlad)
             return model
+        if require_netvlad:
+            raise InputError(f"weights {config.init!r} hold no 'netvlad.*' tensors; train them with "
+                             "locseg train-retrieval")
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(places.paths), min(16, len(places.paths)), replace=False)
     with torch.inference_mode():
@@ -173,9 +189,13 @@ def build_model(config: RetrievalConfig, places: PlaceImages) -> RetrievalModel:
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
                  margin: float) -> torch.Tensor:
-    """Mean over negatives of ``max(0, |a - p|^2 + margin - |a - n|^2)``; (D,), (D,), (K, D) → ()."""
-    d_pos = (anchor - positive).pow(2).sum()
-    d_neg = (anchor[None] - negatives).pow(2).sum(1)
+    """Mean over negatives of ``max(0, |a - p| + margin - |a - n|)``; (D,), (D,), (K, D) → ().
+
+    Distances are not squared: squared distances have a vanishing gradient when
+    descriptors come close, which lets a collapsed model sit at loss = margin.
+    """
+    d_pos = (anchor - positive).norm()
+    d_neg = (anchor[None] - negatives).norm(dim=1)
     return torch.relu(d_pos + margin - d_neg).mean()
 
 
@@ -206,14 +226,16 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         positives = pick(places.positives(anchor, config.positive_radius, config.positive_angle),
                          config.positive_candidates)
         negatives = pick(places.negatives(anchor, config.negative_radius), config.negative_candidates)
-        images = [load_input(places.paths[i], config.max_side) for i in [anchor, *positives, *negatives]]
+        images = {i: load_input(places.paths[i], config.max_side) for i in [anchor, *positives, *negatives]}
+        with torch.no_grad():  # the closest positive and the hardest negatives, as the model sees them now
+            model.eval()
+            found = {i: model(image[None], whiten=False)[0] for i, image in images.items()}
+            best = int(min(positives, key=lambda i: float((found[i] - found[anchor]).norm())))
+            hardest = sorted(negatives, key=lambda i: float((found[i] - found[anchor]).norm()))
+            hardest = hardest[: config.hardest_negatives]
         model.train()
-        descriptors = torch.cat([model(image[None], whiten=False) for image in images])
-        a, p, n = descriptors[0], descriptors[1:1 + len(positives)], descriptors[1 + len(positives):]
-        with torch.no_grad():  # the closest positive, and the hardest negatives
-            best = int((p - a).pow(2).sum(1).argmin())
-            hardest = (n - a).pow(2).sum(1).argsort()[: config.hardest_negatives]
-        loss = triplet_loss(a, p[best], n[hardest], config.margin)
+        chosen = torch.cat([model(images[i][None], whiten=False) for i in [anchor, best, *hardest]])
+        loss = triplet_loss(chosen[0], chosen[1], chosen[2:], config.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

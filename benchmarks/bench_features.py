@@ -1,0 +1,55 @@
+"""Matching precision (and retrieval recall) of feature weights on a SynthSeasons test street.
+
+    python benchmarks/bench_features.py --dataset outputs/synthseasons-test-0 \\
+        --weights random --weights outputs/runs/scratch-dmcgn.safetensors \\
+        [--retrieval-weights outputs/runs/scratch-netvlad.safetensors] [--max-side 512]
+
+Prints a Markdown table: one row per weights, one column per condition (reference
+images against each query condition, true match within 4 px at the network input's
+resolution). ``random`` stands for the seeded random initialisation. The street must
+be one the weights were not trained on (``locseg synth --split test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from locseg.evaluate.matching import matching_precision
+from locseg.evaluate.retrieval import retrieval_recall
+from locseg.train.finetune import FinetuneConfig
+from locseg.train.finetune import build_model as build_hypercolumns
+from locseg.train.pairs import CorrespondencePairs
+from locseg.train.retrieval import PlaceImages, RetrievalConfig
+from locseg.train.retrieval import build_model as build_retrieval
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--weights", action="append", required=True)
+    parser.add_argument("--retrieval-weights", action="append", default=[])
+    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--retrieval-max-side", type=int, default=256)
+    parser.add_argument("--points", type=int, default=1000)
+    args = parser.parse_args()
+    pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
+    header = None
+    for weights in args.weights:
+        model = build_hypercolumns(FinetuneConfig(init=None if weights == "random" else weights))
+        precision = matching_precision(model, pairs, max_points=args.points).percent()
+        if header is None:
+            header = list(precision)
+            print("| weights | " + " | ".join(header) + " |")
+            print("|---" * (len(header) + 1) + "|")
+        print(f"| {weights} | " + " | ".join(f"{precision[c]:.1f}" for c in header) + " |", flush=True)
+    for weights in args.retrieval_weights:
+        config = RetrievalConfig(init=None if weights == "random" else weights)
+        model = build_retrieval(config, PlaceImages.from_streets([args.dataset]))
+        recall = retrieval_recall(model, args.dataset, max_side=args.retrieval_max_side)
+        print(f"\nretrieval recall@1/5/10 (%), {weights}:")
+        for condition, values in recall.items():
+            print(f"| {condition} | " + " | ".join(f"{values[k]:.1f}" for k in (1, 5, 10)) + " |")
+
+
+if __name__ == "__main__":
+    main()
