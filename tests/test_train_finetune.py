@@ -57,3 +57,20 @@ def test_validation_pairs_are_held_out():
     assert len(validation) == 8 and not set(train) & set(validation) and len(train) + 8 == 63
     with pytest.raises(InputError, match="at least 2"):
         split_pairs(1, 1)
+
+
+def test_a_step_on_images_the_strides_do_not_divide():
+    """200x150 images: the 1/16 levels have 12x9 cells covering 192x144 pixels; points
+    beyond them are left out rather than read past the map."""
+    from locseg.train.finetune import _covered, training_step
+    from locseg.train.pairs import PairSample
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 150, 200, generator=generator)
+    points = torch.rand(200, 2, generator=generator) * torch.tensor([200.0, 150.0])
+    covered = _covered(points, (200, 150), [4, 8, 8, 16, 16])
+    assert covered.tolist() == ((points[:, 0] <= 192) & (points[:, 1] <= 144)).tolist()
+    sample = PairSample(images[0], images[1], points, points + 0.0, "reference/a.png", "night/b.png")
+    model = build_model(dataclasses.replace(FAST, positives=32))
+    loss, breakdown = training_step(model, sample, 0, dataclasses.replace(FAST, positives=32), generator)
+    assert torch.isfinite(loss) and breakdown["total"] > 0

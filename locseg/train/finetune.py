@@ -115,15 +115,27 @@ def level_maps(model: Hypercolumns, image: torch.Tensor) -> list[torch.Tensor]:
 
 def training_step(model: Hypercolumns, sample: PairSample, step: int, config: FinetuneConfig,
                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one pair and its breakdown (no optimiser step)."""
-    keep = sample_positives(len(sample.points_a), config.positives, generator)
+    """The loss of one pair and its breakdown (no optimiser step).
+
+    Points in the pixels past the last whole cell of the coarsest level (when a
+    stride does not divide the image size) have no feature there and are left out.
+    """
+    strides = [model.backbone.stride_entering(i) for i in model.layers]
     size_a = (sample.image_a.shape[-1], sample.image_a.shape[-2])
     size_b = (sample.image_b.shape[-1], sample.image_b.shape[-2])
+    inside = _covered(sample.points_a, size_a, strides) & _covered(sample.points_b, size_b, strides)
+    points_a, points_b = sample.points_a[inside], sample.points_b[inside]
+    keep = sample_positives(len(points_a), config.positives, generator)
     loss, breakdown = total_finetune_loss(
-        level_maps(model, sample.image_a), level_maps(model, sample.image_b),
-        sample.points_a[keep], sample.points_b[keep], size_a, size_b,
-        mining_pool_size(step), config.loss, generator)
+        level_maps(model, sample.image_a), level_maps(model, sample.image_b), points_a[keep], points_b[keep],
+        size_a, size_b, mining_pool_size(step), config.loss, generator, strides=strides)
     return loss, {k: float(v) for k, v in breakdown.items() if "/" not in k}
+
+
+def _covered(points: torch.Tensor, size: tuple[int, int], strides: list[int]) -> torch.Tensor:
+    """(N,) points inside the whole cells of every level: x <= s * floor(W / s) for each stride s."""
+    limit = points.new_tensor([min(s * (size[0] // s) for s in strides), min(s * (size[1] // s) for s in strides)])
+    return (points <= limit).all(dim=1)
 
 
 def finetune_features(correspondences: str | Path | Sequence[str | Path], images: str | Path | Sequence[str | Path],

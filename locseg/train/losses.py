@@ -385,8 +385,13 @@ def total_finetune_loss(
     pool_size: int,
     config: FinetuneLossConfig | None = None,
     generator: torch.Generator | None = None,
+    strides: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Seed 002's fine-tuning loss, ``sum_l DMC_l + lambda * sum_l GN_l`` (eq. 7).
+
+    With ``strides`` (input pixels per cell of each level, e.g. from
+    ``VGG16.stride_entering``), keypoints given in input pixels map to level l as
+    ``x / stride_l``, exact whatever the image size; without, as below.
 
     For each level l (a pair of maps, possibly of different sizes per level),
     the keypoints are rescaled from the grid they are given in to the level's
@@ -434,8 +439,11 @@ def total_finetune_loss(
     sums = {key: feats_a[0].new_zeros(()) for key in keys}
     per_level = {}
     for level, (fa, fb) in enumerate(zip(feats_a, feats_b)):
-        kpa = kp_a * kp_a.new_tensor([fa.shape[2] / size_a[0], fa.shape[1] / size_a[1]])
-        kpb = kp_b * kp_b.new_tensor([fb.shape[2] / size_b[0], fb.shape[1] / size_b[1]])
+        if strides is not None:  # floor(W / s) cells of s pixels: x / s, even when s does not divide W
+            kpa, kpb = kp_a / strides[level], kp_b / strides[level]
+        else:
+            kpa = kp_a * kp_a.new_tensor([fa.shape[2] / size_a[0], fa.shape[1] / size_a[1]])
+            kpb = kp_b * kp_b.new_tensor([fb.shape[2] / size_b[0], fb.shape[1] / size_b[1]])
         desc_a = _sample_map(fa, kpa)
         d_pos = _distance(desc_a, _sample_map(fb, kpb))
         negatives = mine_negatives(desc_a, fb, kpb, config.neg_radius, pool_size, generator)
