@@ -98,7 +98,7 @@ def test_nearly_parallel_descriptors_still_spread():
     assert F.cosine_similarity(maps[0, :, 0, 0], maps[1, :, 3, 3], dim=0) > 0.99
     layer = NetVLAD(dim=32, clusters=8)
     layer.init_from_descriptors(maps.permute(0, 2, 3, 1).reshape(-1, 32), seed=0)
-    alpha = layer.assign.weight.norm(dim=1).max() / (2 * layer.centroids.norm(dim=1).max())
+    alpha = layer.assign.weight.detach().norm(dim=1).max() / (2 * layer.centroids.detach().norm(dim=1).max())
     assert float(alpha) < 100
     descriptors = layer(maps)
     distances = torch.cdist(descriptors, descriptors)[~torch.eye(6, dtype=torch.bool)]
