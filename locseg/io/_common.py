@@ -31,7 +31,7 @@ def read_text(path: str | Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise FormatError(path, f"not a UTF-8 text file ({err.reason} at byte {err.start})")
+        raise FormatError(path, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from err
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
 

@@ -122,7 +122,8 @@ def _init_worker(config: SynthConfig) -> None:
 
 
 def _render_in_worker(view: View, root: Path | None) -> Rendered:
-    assert _WORKER_RENDERER is not None, "called outside a pool worker"
+    if _WORKER_RENDERER is None:
+        raise RuntimeError("_render_in_worker runs only in a pool worker set up by _init_worker")
     return _WORKER_RENDERER(view, root)
 
 
@@ -272,7 +273,7 @@ def _write_correspondences(root: Path, street: Street, ref_renders: list[Rendere
     folder = root / "correspondences"
     folder.mkdir()
     count = 0
-    for done, (condition, views) in enumerate(street.queries.items()):
+    for done, views in enumerate(street.queries.values()):
         renders = [by_name[v.name] for v in views]
         for pair in condition_pairs(street.reference, ref_renders, views, renders, rays, config, reference_cloud):
             stem = f"{pair.image_i.rsplit('.', 1)[0]}__{pair.image_j.rsplit('.', 1)[0]}".replace("/", "_")
