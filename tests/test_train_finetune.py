@@ -74,3 +74,13 @@ def test_a_step_on_images_the_strides_do_not_divide():
     model = build_model(dataclasses.replace(FAST, positives=32))
     loss, breakdown = training_step(model, sample, 0, dataclasses.replace(FAST, positives=32), generator)
     assert torch.isfinite(loss) and breakdown["total"] > 0
+
+
+def test_the_bundled_interim_weights_load_by_name():
+    from locseg.models.weights import bundled_names, read_safetensors_metadata, resolve_weights
+
+    assert "synthseasons-slim-dmcgn-interim" in bundled_names()
+    path = resolve_weights("synthseasons-slim-dmcgn-interim")  # checks the sha256
+    assert read_safetensors_metadata(path)["backbone"] == "vgg16-slim"
+    model = build_model(FinetuneConfig(init="synthseasons-slim-dmcgn-interim"))
+    assert model.channels == 512 and model.backbone.name == "vgg16-slim"

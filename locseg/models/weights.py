@@ -519,3 +519,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+register_bundled(
+    "synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-interim.safetensors",
+    "992ed5c4dbef09aacc9f601c0825a07505757b7a4578654e5dacdf7c14adcb3d",
+    "slim VGG-16 hypercolumns trained from scratch with DMC+GN on SynthSeasons train streets 0-2, "
+    "2900 steps in four runs (interim; recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
