@@ -30,6 +30,7 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from ..errors import InputError, check_shape
+from .hypercolumn import l2_normalize
 
 
 class NetVLAD(nn.Module):
@@ -78,17 +79,9 @@ class NetVLAD(nn.Module):
         x = x.flatten(2)                                                # (B, D, HW)
         # Σ_i a_k(x_i) x_i − c_k Σ_i a_k(x_i)
         vlad = torch.einsum("bkn,bdn->bkd", soft, x) - self.centroids[None] * soft.sum(-1, keepdim=True)
-        vlad = _unit(vlad, dim=2)
-        return _unit(vlad.flatten(1), dim=1)
-
-
-def _unit(x: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
-    """``x / |x|`` along ``dim`` with a gradient that stays finite at x = 0.
-
-    A cluster that receives no assignment has a zero residual; ``F.normalize``
-    back-propagates NaN through the norm there, this does not.
-    """
-    return x * torch.rsqrt(x.pow(2).sum(dim, keepdim=True) + eps)
+        # A cluster with no assignment has a zero residual; l2_normalize keeps its gradient finite.
+        vlad = l2_normalize(vlad, dim=2)
+        return l2_normalize(vlad.flatten(1), dim=1)
 
 
 class PCAWhitening(nn.Module):

@@ -15,7 +15,8 @@ Conventions (stated here once for this module and ``locseg.train.mining``):
   OWN grid unless a function says otherwise: the centre of map cell
   (row i, column j) is ``(j + 0.5, i + 0.5)``, and a map of width W and
   height H spans ``[0, W] x [0, H]``.
-- Sampling (``_sample_map``) is bilinear, ``grid_sample`` with
+- Sampling (``_sample_map``, i.e. ``locseg.models.hypercolumn.sample_feature_map``
+  at stride 1) is bilinear, ``grid_sample`` with
   ``align_corners=False`` and normalised coordinates ``x_n = 2 x / W - 1``,
   ``y_n = 2 y / H - 1``; outside the cell centres' hull ``[0.5, W - 0.5] x
   [0.5, H - 0.5]`` the map is extended by its border values
@@ -41,9 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as nnF
 
 from ..errors import InputError, ShapeError, check_shape
+from ..models.hypercolumn import sample_feature_map
 from .mining import mine_negatives
 
 __all__ = [
@@ -57,12 +58,12 @@ __all__ = [
 
 
 def _sample_map(feat: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Bilinearly sample a ``(C, H, W)`` map at ``(N, 2)`` COLMAP points -> ``(N, C)``."""
-    _, h, w = feat.shape
-    scale = pts.new_tensor([2.0 / w, 2.0 / h])
-    grid = (pts.to(feat.dtype) * scale.to(feat.dtype) - 1.0)[None, None]  # (1, 1, N, 2)
-    out = nnF.grid_sample(feat[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0].T
+    """Bilinearly sample a ``(C, H, W)`` map at ``(N, 2)`` COLMAP points of its own grid -> ``(N, C)``.
+
+    The map's grid is a stride-1 image, so this is the hypercolumn module's sampling,
+    which owns the pixel convention.
+    """
+    return sample_feature_map(feat[None], pts[None], 1.0)[0]
 
 
 def _stencil(u: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
