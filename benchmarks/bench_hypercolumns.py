@@ -44,7 +44,7 @@ def main() -> None:
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
     width, height = args.size
-    print(f"| backbone | image | dense map (B, C, H/4, W/4) | median (min–max) | repeats | torch threads |")
+    print("| backbone | image | dense map (B, C, H/4, W/4) | median (min–max) | repeats | torch threads |")
     print("|---|---|---|---|---|---|")
     for name in args.backbones:
         times, shape = time_dense(name, width, height, args.repeats, args.warmup)

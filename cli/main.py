@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import evaluate, features, synth, train
+    from . import evaluate, export, features, localize, segment, synth, train
 
-    for module in (synth, evaluate, train, features):
+    for module in (synth, localize, export, evaluate, train, features, segment):
         for command in module.COMMANDS:
             cli.add_command(command)
 

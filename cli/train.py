@@ -7,13 +7,16 @@ from pathlib import Path
 import click
 
 from locseg.models.backbone import BACKBONES
+from locseg.models.netvlad import RETRIEVAL_SOURCES
 from locseg.train.finetune import FinetuneConfig, finetune_features
+from locseg.train.losses import FinetuneLossConfig
 from locseg.train.retrieval import RetrievalConfig, train_retrieval
 
 from .progress import stage_progress
 
 
-def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_default: float | None):
+def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_default: float | None,
+                min_iterations: int = 1):
     """The options every training command has, with defaults from its config."""
     options = [
         click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -21,7 +24,10 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
         click.option("--init", "init", default=None, help="Initial weights: a bundled name, a file or a URL."),
         click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=defaults.backbone,
                      show_default=True),
-        click.option("--iterations", type=click.IntRange(min=1), default=defaults.iterations, show_default=True),
+        click.option("--iterations", type=click.IntRange(min=min_iterations), default=defaults.iterations,
+                     show_default=True,
+                     help="Training steps" + (" (0: only initialise, e.g. NetVLAD by k-means)."
+                                              if min_iterations == 0 else ".")),
         click.option("--lr", type=float, default=lr_default, show_default=lr_default is not None, help=lr_help),
         click.option("--max-side", type=click.IntRange(min=32), default=defaults.max_side, show_default=True),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=defaults.checkpoint_every,
@@ -48,13 +54,16 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
 @click.option("--validate-every", type=click.IntRange(min=0), default=FinetuneConfig().validate_every,
               show_default=True,
               help="Steps between matching-precision checks on held-out pairs (0: never).")
+@click.option("--gn-weight", type=click.FloatRange(min=0), default=FinetuneLossConfig().gn_weight, show_default=True,
+              help="lambda, the Gauss-Newton loss's weight against DMC (0: DMC only).")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool) -> None:
+             resume: bool, gn_weight: float) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
-                            checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed)
+                            checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
+                            loss=FinetuneLossConfig(gn_weight=gn_weight))
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(
@@ -65,13 +74,17 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
 @click.command("train-retrieval")
 @click.option("--streets", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="A SynthSeasons street (locseg synth --split train); repeat for several.")
-@run_options(RetrievalConfig(), lr_help="AdamW learning rate.", lr_default=RetrievalConfig().lr)
+@run_options(RetrievalConfig(), lr_help="AdamW learning rate.", lr_default=RetrievalConfig().lr, min_iterations=0)
 @click.option("--freeze-backbone", is_flag=True, help="Train the NetVLAD layer only.")
+@click.option("--source", type=click.Choice(RETRIEVAL_SOURCES), default=RetrievalConfig().source, show_default=True,
+              help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
-              max_side: int, freeze_backbone: bool, checkpoint_every: int, seed: int, resume: bool) -> None:
+              max_side: int, freeze_backbone: bool, source: str, checkpoint_every: int, seed: int,
+              resume: bool) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
-                             freeze_backbone=freeze_backbone, checkpoint_every=checkpoint_every, seed=seed)
+                             freeze_backbone=freeze_backbone, source=source, checkpoint_every=checkpoint_every,
+                             seed=seed)
     with stage_progress() as progress:
         train_retrieval(streets, output, config, resume=resume,
                         progress=lambda stage, done, total, losses: progress(

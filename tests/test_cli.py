@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
+import tomllib
 from click.testing import CliRunner
+from locseg_cli.main import cli
 
 import locseg
 from locseg.io.poses import read_poses, write_poses
-from locseg_cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from locseg_cli.main import cli
 
 from locseg.geometry import Pose
 from locseg.io.poses import write_poses
-from locseg_cli.main import cli
-
-
-
 
 
 @pytest.fixture

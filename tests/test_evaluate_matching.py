@@ -76,7 +76,6 @@ def test_evaluate_features_command(tmp_path):
     import json
 
     from click.testing import CliRunner
-
     from locseg_cli.main import cli
 
     _pair_directory(tmp_path, shift=(32, 16))

@@ -10,7 +10,12 @@ import torch
 from locseg.errors import InputError
 from locseg.models.weights import read_safetensors_metadata
 from locseg.train.checkpoint import load_checkpoint
-from locseg.train.finetune import FinetuneConfig, build_model, finetune_features, split_pairs
+from locseg.train.finetune import (
+    FinetuneConfig,
+    build_model,
+    finetune_features,
+    split_pairs,
+)
 
 FAST = FinetuneConfig(max_side=128, positives=64, iterations=3, checkpoint_every=1, validate_every=3,
                       validation_pairs=2, validation_points=50, lr=1e-4)
@@ -77,7 +82,11 @@ def test_a_step_on_images_the_strides_do_not_divide():
 
 
 def test_the_bundled_interim_weights_load_by_name():
-    from locseg.models.weights import bundled_names, read_safetensors_metadata, resolve_weights
+    from locseg.models.weights import (
+        bundled_names,
+        read_safetensors_metadata,
+        resolve_weights,
+    )
 
     assert "synthseasons-slim-dmcgn-interim" in bundled_names()
     path = resolve_weights("synthseasons-slim-dmcgn-interim")  # checks the sha256

@@ -12,8 +12,14 @@ from locseg.errors import InputError
 from locseg.evaluate import retrieval as retrieval_eval
 from locseg.io.poses import read_poses
 from locseg.train.checkpoint import load_checkpoint
-from locseg.train.retrieval import (PlaceImages, RetrievalConfig, RetrievalModel, build_model, train_retrieval,
-                                    triplet_loss)
+from locseg.train.retrieval import (
+    PlaceImages,
+    RetrievalConfig,
+    RetrievalModel,
+    build_model,
+    train_retrieval,
+    triplet_loss,
+)
 
 FAST = RetrievalConfig(max_side=96, iterations=3, checkpoint_every=1, negative_radius=10.0,
                        positive_candidates=2, negative_candidates=3, hardest_negatives=2, lr=1e-3)

@@ -43,7 +43,13 @@ from typing import Any
 import torch
 
 from ..errors import InputError, RegistryError, ShapeError, check_shape
-from .wrapper import TensorLike, TensorWrapper, as_float_tensor, as_float_tensors, broadcast_batch
+from .wrapper import (
+    TensorLike,
+    TensorWrapper,
+    as_float_tensor,
+    as_float_tensors,
+    broadcast_batch,
+)
 
 
 @dataclass(frozen=True)

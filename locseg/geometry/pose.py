@@ -41,7 +41,13 @@ from .rotation import (
     skew,
     so3_coefficients,
 )
-from .wrapper import TensorLike, TensorWrapper, as_float_tensor, as_float_tensors, broadcast_batch
+from .wrapper import (
+    TensorLike,
+    TensorWrapper,
+    as_float_tensor,
+    as_float_tensors,
+    broadcast_batch,
+)
 
 
 def _check_points(name: str, p: torch.Tensor) -> None:

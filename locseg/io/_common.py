@@ -113,3 +113,20 @@ def to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.array(x, dtype=np.float64)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's content to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, unlinks) to the disk, where the OS allows it."""
+    try:
+        fsync_file(path)
+    except OSError:  # Windows, and some file systems, cannot open or fsync a directory
+        pass

@@ -25,7 +25,14 @@ import numpy as np
 from locseg.errors import FormatError, InputError
 from locseg.geometry import Pose
 
-from ._common import atomic_write_text, check_name, format_float, iter_records, parse_floats, to_numpy
+from ._common import (
+    atomic_write_text,
+    check_name,
+    format_float,
+    iter_records,
+    parse_floats,
+    to_numpy,
+)
 
 FIELDS = "name qw qx qy qz tx ty tz"
 

@@ -14,7 +14,12 @@ from .backbone import (
     vgg16,
     vgg16_slim,
 )
-from .hypercolumn import DEFAULT_LAYERS, Hypercolumns, pixels_to_grid, sample_feature_map
+from .hypercolumn import (
+    DEFAULT_LAYERS,
+    Hypercolumns,
+    pixels_to_grid,
+    sample_feature_map,
+)
 from .preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,

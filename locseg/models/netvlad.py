@@ -32,6 +32,9 @@ from torch import nn
 from ..errors import InputError, check_shape
 from .hypercolumn import l2_normalize
 
+RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
+"""Local maps that NetVLAD may pool: the backbone's conv5_3, or the dense hypercolumns."""
+
 
 class NetVLAD(nn.Module):
     """Aggregates (B, D, H, W) local descriptors into (B, K·D) global descriptors.

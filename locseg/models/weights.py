@@ -46,7 +46,7 @@ import torch
 
 from locseg import __version__
 from locseg.errors import ChecksumError, FormatError, InputError, RegistryError
-from locseg.io._common import atomic_output
+from locseg.io._common import atomic_output, fsync_file
 
 URL_SCHEMES = ("http", "https", "file")
 # Keys under which training scripts commonly nest the state dict of the model.
@@ -419,7 +419,7 @@ def save_safetensors(
             raise InputError(f"safetensors metadata {key!r}: {value!r} must map strings to strings")
     with atomic_output(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata=header or None)
-        _fsync_file(tmp)
+        fsync_file(tmp)
     return Path(path)
 
 
@@ -513,14 +513,6 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.startswith("~") or suffix in WEIGHT_SUFFIXES
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------- shipped weights
 
 register_bundled(
@@ -528,4 +520,10 @@ register_bundled(
     "992ed5c4dbef09aacc9f601c0825a07505757b7a4578654e5dacdf7c14adcb3d",
     "slim VGG-16 hypercolumns trained from scratch with DMC+GN on SynthSeasons train streets 0-2, "
     "2900 steps in four runs (interim; recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-vlad-interim", "synthseasons-slim-vlad-interim.safetensors",
+    "53eec68e5235379f822c0a0436e29e137dc7c88fd6426385276488e3c69f5506",
+    "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-interim, initialised by "
+    "k-means on SynthSeasons train streets 0-4, no triplet training yet (interim; benchmarks/RESULTS.md)",
     model="vgg16-slim")

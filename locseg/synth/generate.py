@@ -46,7 +46,14 @@ from .points import reference_points
 from .raycast import CameraRays
 from .render import Rendered, render
 from .scene import Scene, build_scene
-from .trajectory import SizePreset, View, get_size, look_pose, query_track, reference_track
+from .trajectory import (
+    SizePreset,
+    View,
+    get_size,
+    look_pose,
+    query_track,
+    reference_track,
+)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")

@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 
+
 def f32(values) -> np.ndarray:
     """A float32 array, so that constants do not promote float32 images to float64."""
     return np.asarray(values, np.float32)

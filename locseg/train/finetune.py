@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..evaluate.matching import matching_precision
-from ..models.backbone import build_backbone
 from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
-from ..models.weights import load_state_dict, save_safetensors
+from ..models.load import load_hypercolumns
+from ..models.weights import save_safetensors
 from .losses import FinetuneLossConfig, total_finetune_loss
 from .mining import mining_pool_size, sample_positives
 from .pairs import CorrespondencePairs, PairSample
@@ -96,16 +96,7 @@ class _Subset:
 def build_model(config: FinetuneConfig) -> Hypercolumns:
     """The backbone named in ``config``, with ``config.init`` weights if given, else
     initialised from ``config.seed`` (without touching the caller's random state)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = Hypercolumns(build_backbone(config.backbone), config.layers)
-    if config.init:
-        state = load_state_dict(config.init)
-        features = {k: v for k, v in state.items() if k.startswith("features.")}
-        if not features:
-            raise InputError(f"weights {config.init!r} hold no 'features.*' tensors for a VGG backbone")
-        model.backbone.load_state_dict(features)
-    return model
+    return load_hypercolumns(config.backbone, config.init, config.layers, config.seed)
 
 
 def level_maps(model: Hypercolumns, image: torch.Tensor) -> list[torch.Tensor]:

@@ -17,8 +17,17 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..io.correspondences import CorrespondencePair, iter_correspondence_files, read_correspondences
-from ..models.preprocess import DEFAULT_MAX_SIDE, load_image, normalize_image, resize_image
+from ..io.correspondences import (
+    CorrespondencePair,
+    iter_correspondence_files,
+    read_correspondences,
+)
+from ..models.preprocess import (
+    DEFAULT_MAX_SIDE,
+    load_image,
+    normalize_image,
+    resize_image,
+)
 
 
 @dataclass

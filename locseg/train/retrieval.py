@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, RegistryError
 from ..geometry import Pose
 from ..io.poses import read_poses
 from ..models.backbone import build_backbone
-from ..models.netvlad import NetVLAD, PCAWhitening
+from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.load import weights_digest
+from ..models.netvlad import RETRIEVAL_SOURCES, NetVLAD, PCAWhitening
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.weights import load_state_dict, save_safetensors
 from .run import Run
@@ -41,16 +43,34 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 class RetrievalModel(nn.Module):
-    """Backbone conv5_3 → NetVLAD → (optional) PCA whitening: (B, 3, H, W) → (B, D) unit descriptors."""
+    """NetVLAD over a local map of the backbone → (optional) PCA whitening:
+    (B, 3, H, W) → (B, D) unit descriptors.
 
-    def __init__(self, backbone: str = "vgg16-slim", clusters: int = 64):
+    Args:
+        source: the pooled map, ``"conv5_3"`` (NetVLAD's choice) or ``"hypercolumns"``
+            (the dense hypercolumns of ``layers``, which the localizer computes anyway).
+    """
+
+    def __init__(self, backbone: str = "vgg16-slim", clusters: int = 64, source: str = "conv5_3",
+                 layers: tuple[int, ...] = DEFAULT_LAYERS):
         super().__init__()
+        if source not in RETRIEVAL_SOURCES:
+            raise RegistryError("retrieval source", source, list(RETRIEVAL_SOURCES))
         self.backbone = build_backbone(backbone)
-        self.netvlad = NetVLAD(self.backbone.channels_entering(29), clusters)
+        self.source, self.layers = source, tuple(layers)
+        dim = self.backbone.channels_entering(29) if source == "conv5_3" else \
+            Hypercolumns(self.backbone, self.layers).channels
+        self.netvlad = NetVLAD(dim, clusters)
         self.whitening = PCAWhitening()
 
+    def local_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) the map that NetVLAD pools."""
+        if self.source == "conv5_3":
+            return self.backbone.conv5_3(images)
+        return Hypercolumns(self.backbone, self.layers).dense(images)
+
     def forward(self, images: torch.Tensor, whiten: bool = True) -> torch.Tensor:
-        descriptors = self.netvlad(self.backbone.conv5_3(images))
+        descriptors = self.netvlad(self.local_features(images))
         return self.whitening(descriptors) if whiten and self.whitening.fitted else descriptors
 
 
@@ -61,6 +81,7 @@ class RetrievalConfig:
     backbone: str = "vgg16-slim"
     init: str | None = None
     clusters: int = 64
+    source: str = "conv5_3"
     max_side: int = 512
     iterations: int = 500
     lr: float = 1e-4
@@ -163,7 +184,7 @@ def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: b
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = RetrievalModel(config.backbone, config.clusters)
+        model = RetrievalModel(config.backbone, config.clusters, config.source)
     if config.init:
         state = load_state_dict(config.init)
         backbone = {k: v for k, v in state.items() if k.startswith("features.")}
@@ -179,7 +200,7 @@ def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: b
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(len(places.paths), min(16, len(places.paths)), replace=False)
     with torch.inference_mode():
-        local = [model.backbone.conv5_3(load_input(places.paths[i], config.max_side)[None])[0].flatten(1).T
+        local = [model.local_features(load_input(places.paths[i], config.max_side)[None])[0].flatten(1).T
                  for i in sample]
     local = torch.cat(local)
     keep = torch.from_numpy(rng.choice(len(local), min(len(local), 20000), replace=False))
@@ -247,8 +268,18 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
-    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
-    state |= {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
-    save_safetensors(state, output.with_suffix(".safetensors"),
-                     metadata={"backbone": config.backbone, "recipe": json.dumps(config.to_dict())})
+    export_weights(model, output.with_suffix(".safetensors"), config)
     return output
+
+
+def export_weights(model: RetrievalModel, path: Path, config: RetrievalConfig) -> Path:
+    """``netvlad.*`` tensors, plus ``backbone.*`` unless the backbone was frozen on the
+    hypercolumn weights ``config.init`` (then the localizer pools its own hypercolumns,
+    and the metadata's ``init_digest`` lets it check they are the same weights)."""
+    state = {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
+    metadata = {"backbone": config.backbone, "source": config.source, "recipe": json.dumps(config.to_dict())}
+    if config.freeze_backbone and config.source == "hypercolumns" and config.init:
+        metadata["init_digest"] = weights_digest(config.init)
+    else:
+        state |= {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    return save_safetensors(state, path, metadata=metadata)

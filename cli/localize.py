@@ -1,0 +1,107 @@
+"""``locseg localize``: the hierarchical localizer over a query list."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from locseg.errors import InputError
+from locseg.evaluate.pose import evaluate_poses
+from locseg.io.localize_log import read_failed_queries
+from locseg.io.poses import read_poses
+from locseg.io.queries import read_query_list
+from locseg.localize.feature_gradients import GRADIENT_OPERATORS
+from locseg.localize.pipeline import LocalizeConfig
+from locseg.localize.pipeline import localize as run_localize
+from locseg.localize.pnp import ESTIMATORS, PnPConfig
+from locseg.localize.reference import ReferenceMap
+from locseg.localize.refine import RefineConfig
+from locseg.localize.robust import ROBUST_LOSSES
+from locseg.models.backbone import BACKBONES
+from locseg.synth.generate import generate
+
+from .progress import stage_progress
+
+DEFAULT_DATASET = Path("outputs/synthseasons-test-0")
+_DEFAULTS = LocalizeConfig()
+
+
+@click.command("localize")
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A SynthSeasons street (reference/model, images/, queries/all.txt). Without --dataset and "
+                   f"--reference, the default test street {DEFAULT_DATASET} (generated once).")
+@click.option("--reference", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="COLMAP model of the reference images.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder that reference and query image names are relative to.")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Query list: 'name MODEL WIDTH HEIGHT params...' per line.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results file 'name qw qx qy qz tx ty tz' [default: outputs/localize/<dataset>/results.txt].")
+@click.option("--top-k", type=click.IntRange(min=1), default=_DEFAULTS.top_k, show_default=True,
+              help="Reference images retrieved per query.")
+@click.option("--weights", default=_DEFAULTS.weights, show_default=True,
+              help="Hypercolumn weights: a bundled name, a file or a URL.")
+@click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
+              help="NetVLAD weights: a bundled name, a file or a URL.")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_DEFAULTS.backbone, show_default=True)
+@click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
+              show_default=True, help="RANSAC-PnP implementation.")
+@click.option("--no-refine", is_flag=True, help="Keep the RANSAC-PnP poses (no feature-metric refinement).")
+@click.option("--refine-loss", type=click.Choice(sorted(ROBUST_LOSSES)), default=_DEFAULTS.refine.loss,
+              show_default=True, help="Robust loss of the feature-metric refinement.")
+@click.option("--refine-gradient", type=click.Choice(sorted(GRADIENT_OPERATORS)),
+              default=_DEFAULTS.refine.gradient_operator, show_default=True,
+              help="Feature-map gradient operator of the refinement.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Feature store of the map [default: features.h5 next to --output].")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
+def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
+             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, estimator: str,
+             no_refine: bool, refine_loss: str, refine_gradient: str, store: Path | None,
+             log_path: Path | None) -> None:
+    """Localize query images against a reference map: retrieval, sparse-to-dense
+    matching, RANSAC-PnP. With no options, localizes the default SynthSeasons test
+    street and prints its recall table."""
+    start = time.perf_counter()
+    ground_truth = None
+    with stage_progress() as progress:
+        if reference is None:
+            dataset = dataset or DEFAULT_DATASET
+            if not (dataset / "synth.json").is_file():
+                click.echo(f"generating the SynthSeasons test street {dataset} (once)")
+                generate(dataset, progress=progress)
+            reference, images = dataset / "reference" / "model", dataset / "images"
+            queries = queries or dataset / "queries" / "all.txt"
+            if (dataset / "ground_truth" / "queries.txt").is_file():
+                ground_truth = dataset / "ground_truth" / "queries.txt"
+            output = output or Path("outputs/localize") / dataset.name / "results.txt"
+        elif dataset is not None:
+            raise click.UsageError("give either --dataset or --reference/--images/--queries, not both")
+        missing = [n for n, v in (("--images", images), ("--queries", queries), ("--output", output)) if v is None]
+        if missing:
+            raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
+        config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone, top_k=top_k,
+                                pnp=PnPConfig(estimator=estimator),
+                                refine=None if no_refine else RefineConfig(loss=refine_loss,
+                                                                           gradient_operator=refine_gradient))
+        reference_map = ReferenceMap.read(reference, images)
+        if not reference_map.has_points():
+            raise InputError(f"{reference}: the model has no 3D points; build them with locseg build-reference")
+        summary = run_localize(reference_map, read_query_list(queries), images, output,
+                               store or output.parent / "features.h5", log_path, config, progress)
+    log_path = log_path or output.with_suffix(".log.jsonl")
+    failed = len(read_failed_queries(log_path) & {n for n, _ in read_query_list(queries)})
+    click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "
+               f"{summary.reused} reused from the log) in {time.perf_counter() - start:.0f} s, "
+               f"median {summary.median_seconds_per_query:.2f} s per query")
+    click.echo(f"results: {summary.results}  log: {log_path}")
+    if ground_truth is not None:
+        Console().print(evaluate_poses(read_poses(summary.results), read_poses(ground_truth)).to_table())
+
+
+COMMANDS = [localize]

@@ -1,0 +1,377 @@
+"""The hierarchical localizer: retrieval → sparse-to-dense matching → RANSAC-PnP →
+feature-metric refinement.
+
+``localize`` runs the whole pipeline over a query list:
+
+1. reference features (``extract_reference_features``): per reference image, its
+   global descriptor and its sparse hypercolumns at the observations of 3D points,
+   in the feature store (skipped when already there);
+2. per query: the dense hypercolumn map and global descriptor of its network input
+   (the image resized to ``max_side`` with its camera rescaled); the ``top_k``
+   references by whitened global descriptors; for each, sparse-to-dense matches that
+   pass the ratio test, lifted to the original query resolution and paired with
+   the references' 3D points; RANSAC-PnP with the query's own camera; the
+   hypothesis with the most inliers wins;
+3. feature-metric PnP (``locseg.localize.refine``) refines the winner over its RANSAC
+   inliers on the query's dense map, unless ``refine`` is None; a refinement that
+   raises the cost or moves implausibly far keeps the RANSAC pose;
+4. a query without an acceptable pose gets the pose of its best retrieved reference
+   and ``"success": false`` in the log.
+
+The per-query log (``locseg.io.localize_log``) is appended as queries finish, and a
+rerun with the same log and settings reuses the queries it holds, so an interrupted
+run loses at most one query. The results file (every query, in list order) is
+written at the end, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..geometry import Camera, Pose
+from ..io.localize_log import LogWriter, read_log
+from ..io.poses import write_poses
+from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.load import load_hypercolumns, weights_digest
+from ..models.preprocess import load_image, prepare_image
+from ..store import FeatureStore, model_id
+from .matching import MatchingConfig, match_sparse_to_dense
+from .pnp import PnPConfig, estimate_pose
+from .reference import ReferenceMap
+from .refine import RefineConfig, refine_pose
+from .retrieval import (
+    GlobalDescriber,
+    fit_whitening,
+    load_global_describer,
+    rank_references,
+)
+
+Progress = Callable[[str, int, int], None]
+
+DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-interim"
+DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-interim"
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """Everything that determines a localization run (recorded in the store and log)."""
+
+    weights: str = DEFAULT_WEIGHTS
+    retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
+    backbone: str = "vgg16-slim"
+    layers: tuple[int, ...] = DEFAULT_LAYERS
+    max_side: int = 512
+    top_k: int = 5
+    max_points: int = 2048          # reference observations matched per image (0: all)
+    whitening_dim: int = 64
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: RANSAC poses as they are
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {self.top_k}")
+        if self.max_points < 0:
+            raise InputError(f"max_points must be >= 0 (0: all), got {self.max_points}")
+        if self.max_side < 32:
+            raise InputError(f"max_side must be at least 32, got {self.max_side}")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        """Short hash of the settings that change a query's result."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Models:
+    """The networks of a run and the store ids of what they produce."""
+
+    hypercolumns: Hypercolumns
+    describer: GlobalDescriber
+    sparse_id: str
+    global_id: str
+
+    @classmethod
+    def load(cls, config: LocalizeConfig) -> "Models":
+        hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers).eval()
+        describer = load_global_describer(config.retrieval_weights, hypercolumns.backbone,
+                                          weights_digest(config.weights)).eval()
+        preprocessing = {"max_side": config.max_side}
+        sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
+                             layers="-".join(map(str, config.layers)), max_points=config.max_points,
+                             **preprocessing)
+        global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
+                             **preprocessing)
+        return cls(hypercolumns, describer, sparse_id, global_id)
+
+    @torch.inference_mode()
+    def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,)."""
+        dense = self.hypercolumns.dense(image[None])
+        return dense[0], self.describer(image[None], dense)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The outcome for one query (also its log record, via ``record``)."""
+
+    name: str
+    pose: Pose
+    success: bool
+    reference: str
+    retrieved: list[str]
+    matches: list[int]
+    inliers: list[int]
+    timing: dict[str, float]
+    failure: str | None = None
+    pnp_pose: Pose | None = None
+    refinement: dict | None = None
+
+    def record(self, config_digest: str) -> dict:
+        record = {
+            "name": self.name, "success": self.success, "failure": self.failure,
+            "pose": _pose_list(self.pose),
+            "reference": self.reference, "retrieved": self.retrieved, "matches": self.matches,
+            "inliers": self.inliers, "timing": {k: round(v, 4) for k, v in self.timing.items()},
+            "config": config_digest,
+        }
+        if self.pnp_pose is not None:
+            record["pnp_pose"] = _pose_list(self.pnp_pose)
+        if self.refinement is not None:
+            record["refinement"] = self.refinement
+        return record
+
+
+def _pose_list(pose: Pose) -> list[float]:
+    """``[qw, qx, qy, qz, tx, ty, tz]`` (full precision: a rerun reads poses back from the log)."""
+    return pose.q.tolist() + pose.t.tolist()
+
+
+def _pose_of(record: dict) -> Pose:
+    """The pose of a log record; results are always written from these, so that a
+    rerun that reuses the log writes the same bytes."""
+    values = np.array(record["pose"], dtype=np.float64)
+    return Pose.from_qt(values[:4], values[4:])
+
+
+def extract_reference_features(reference: ReferenceMap, models: Models, store: FeatureStore,
+                               config: LocalizeConfig, progress: Progress | None = None) -> int:
+    """Put every reference image's global and sparse features into the store; the number computed."""
+    todo = [n for n in reference.names
+            if not (store.has(models.sparse_id, "sparse", n) and store.has(models.global_id, "global", n))]
+    for done, name in enumerate(todo):
+        image, camera = prepare_image(load_image(reference.image_path(name)), max_side=config.max_side)
+        dense, descriptor = models.describe(image)
+        observations = reference.observations(name, config.max_points)
+        scale = _input_scale(reference.cameras[name], image)
+        keypoints = torch.from_numpy(observations.keypoints).to(dense) * scale
+        with torch.inference_mode():
+            sparse = models.hypercolumns.sample(dense[None], keypoints[None], (image.shape[-1], image.shape[-2]))[0]
+        store.put_sparse(models.sparse_id, name, observations.keypoints.astype(np.float32),
+                         observations.point3D_ids, sparse.numpy().astype(np.float16))
+        store.put_global(models.global_id, name, descriptor.numpy().astype(np.float32))
+        if progress:
+            progress("reference features", done + 1, len(todo))
+    return len(todo)
+
+
+def _input_scale(camera: Camera, image: torch.Tensor) -> torch.Tensor:
+    """(2,) factors from original-image pixels to network-input pixels."""
+    width, height = image.shape[-1], image.shape[-2]
+    return torch.tensor([width, height], dtype=torch.float32) / camera.size.float()
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A reference's RANSAC pose with its inlier 3D points (N, 3) and their descriptors (N, C)."""
+
+    reference: str
+    pose: Pose
+    points3D: np.ndarray
+    descriptors: np.ndarray
+
+
+class Localizer:
+    """Localizes queries against a reference map whose features are in a store."""
+
+    def __init__(self, reference: ReferenceMap, models: Models, store: FeatureStore, config: LocalizeConfig):
+        self.reference, self.models, self.store, self.config = reference, models, store, config
+        names = reference.names
+        self.global_descriptors = torch.from_numpy(np.stack(
+            [store.get_global(models.global_id, n) for n in names])).double()
+        self.whitening = fit_whitening(self.global_descriptors, config.whitening_dim)
+
+    def localize(self, name: str, image: torch.Tensor, camera: Camera) -> QueryResult:
+        """Localize one query: its (3, H, W) float image in [0, 1] and its camera at that size."""
+        search = self.search(image, camera)
+        timing = dict(search.timing)
+        if search.best is None:
+            timing["total"] = sum(timing.values())
+            fallback = search.retrieved[0]
+            return QueryResult(name, self.reference.poses[fallback], False, fallback, search.retrieved,
+                               search.matches, search.inliers, timing,
+                               failure=f"no reference gave {self.config.pnp.min_inliers} PnP inliers "
+                                       f"(most: {max(search.inliers, default=0)})")
+        pose, refinement = search.best.pose, None
+        if self.config.refine is not None:
+            clock = time.perf_counter()
+            pose, refinement = refine_hypothesis(search, self.config.refine)
+            timing["refine"] = time.perf_counter() - clock
+        timing["total"] = sum(timing.values())
+        return QueryResult(name, pose, True, search.best.reference, search.retrieved, search.matches,
+                           search.inliers, timing, pnp_pose=search.best.pose, refinement=refinement)
+
+    def search(self, image: torch.Tensor, camera: Camera) -> Search:
+        """Everything before refinement: features, retrieval, matching and PnP per reference."""
+        timing: dict[str, float] = {}
+        clock = time.perf_counter()
+        net_input, net_camera = prepare_image(image, camera, max_side=self.config.max_side)
+        dense, descriptor = self.models.describe(net_input)
+        timing["features"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        ranking = rank_references(descriptor[None].double(), self.global_descriptors, self.config.top_k,
+                                  self.whitening)
+        retrieved = [self.reference.names[i] for i in ranking.indices[0].tolist()]
+        timing["retrieval"] = time.perf_counter() - clock
+
+        scale = 1.0 / _input_scale(camera, net_input).double()
+        best: Hypothesis | None = None
+        matches, inliers = [], []
+        timing["matching"] = timing["pnp"] = 0.0
+        for ref_name in retrieved:
+            clock = time.perf_counter()
+            sparse = self.store.get_sparse(self.models.sparse_id, ref_name)
+            found = match_sparse_to_dense(torch.from_numpy(sparse.descriptors), dense, self.config.matching)
+            keep = found.keep.numpy()
+            points2D = (found.uv[found.keep].double() * scale).numpy()
+            points3D = self.reference.points(sparse.point3D_ids[keep])
+            timing["matching"] += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            result = estimate_pose(points2D, points3D, camera, self.config.pnp)
+            timing["pnp"] += time.perf_counter() - clock
+            matches.append(int(keep.sum()))
+            inliers.append(result.num_inliers)
+            if result.pose is not None and (best is None or result.num_inliers > len(best.points3D)):
+                best = Hypothesis(ref_name, result.pose, points3D[result.inliers],
+                                  sparse.descriptors[keep][result.inliers])
+        return Search(retrieved, matches, inliers, best, dense, net_camera, timing)
+
+
+@dataclass(frozen=True)
+class Search:
+    """What ``Localizer.search`` found for one query.
+
+    Attributes:
+        retrieved, matches, inliers: per retrieved reference, in retrieval order.
+        best: the hypothesis with the most inliers, None if no reference gave a pose.
+        dense: (C, h, w) the query's dense hypercolumns; net_camera: its camera.
+        timing: seconds per stage.
+    """
+
+    retrieved: list[str]
+    matches: list[int]
+    inliers: list[int]
+    best: Hypothesis | None
+    dense: torch.Tensor
+    net_camera: Camera
+    timing: dict[str, float]
+
+
+def refine_hypothesis(search: Search, config: RefineConfig) -> tuple[Pose, dict]:
+    """Feature-metric refinement of ``search.best`` over its inliers; the pose and a log summary."""
+    best = search.best
+    if best is None:
+        raise InputError("nothing to refine: no reference gave a PnP pose")
+    result = refine_pose(best.pose.double(), search.net_camera.double(), torch.from_numpy(best.points3D),
+                         torch.from_numpy(best.descriptors.astype(np.float64)), search.dense.double(),
+                         config=config)
+    summary = {
+        "cost_initial": float(result.cost_initial), "cost_final": float(result.cost_final),
+        "iterations": int(result.iterations), "fellback": bool(result.fellback), "reason": result.reason,
+        "points": int(result.num_points),
+        "covariance": [[round(float(v), 12) for v in row] for row in result.covariance.tolist()],
+    }
+    return result.pose, summary
+
+
+@dataclass(frozen=True)
+class LocalizeSummary:
+    """What a ``localize`` call did."""
+
+    results: Path
+    queries: int
+    localized: int
+    reused: int
+    reference_features_computed: int
+    median_seconds_per_query: float
+
+
+def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], query_root: str | Path,
+             output: str | Path, store_path: str | Path, log_path: str | Path | None = None,
+             config: LocalizeConfig = LocalizeConfig(), progress: Progress | None = None) -> LocalizeSummary:
+    """Localize every query of a list and write ``output`` (``name qw qx qy qz tx ty tz`` lines).
+
+    Args:
+        reference: the map (its 3D points must be observed; see ``locseg.localize.triangulate``).
+        queries: ``[(name, camera at the original image size)]`` as ``read_query_list`` gives.
+        query_root: folder the query names are relative to.
+        store_path: the feature store of this map.
+        log_path: the per-query log; default ``output`` with the suffix ``.log.jsonl``.
+    """
+    if not reference.has_points():
+        raise InputError("the reference map has no 3D points; triangulate it first "
+                         "(locseg build-reference)")
+    if not queries:
+        raise InputError("the query list is empty")
+    output, query_root = Path(output), Path(query_root)
+    log_path = Path(log_path) if log_path else output.with_suffix(".log.jsonl")
+    digest = config.digest()
+    previous = {n: r for n, r in read_log(log_path).items() if r.get("config") == digest} \
+        if log_path.is_file() else {}
+
+    models = Models.load(config)
+    with FeatureStore(store_path, mode="a") as store:
+        store.set_config(models.sparse_id, {"localize": config.to_dict(), "kind": "sparse"})
+        store.set_config(models.global_id, {"localize": config.to_dict(), "kind": "global"})
+        computed = extract_reference_features(reference, models, store, config, progress)
+        store.flush()
+        localizer = Localizer(reference, models, store, config)
+        poses, seconds = {}, []
+        with LogWriter(log_path) as log:
+            for done, (name, camera) in enumerate(queries):
+                if name in previous:
+                    poses[name] = _pose_of(previous[name])
+                else:
+                    image = load_image(query_root / name)
+                    _check_camera(name, camera, image)
+                    result = localizer.localize(name, image, camera)
+                    record = result.record(digest)
+                    log.write(record)
+                    poses[name] = _pose_of(record)
+                    seconds.append(result.timing["total"])
+                if progress:
+                    progress("localize", done + 1, len(queries))
+    write_poses(output, poses)
+    localized = sum(1 for n, _ in queries if n not in previous)
+    return LocalizeSummary(output, len(queries), localized, len(queries) - localized, computed,
+                           float(np.median(seconds)) if seconds else 0.0)
+
+
+def _check_camera(name: str, camera: Camera, image: torch.Tensor) -> None:
+    width, height = image.shape[-1], image.shape[-2]
+    if [int(round(v)) for v in camera.size.tolist()] != [width, height]:
+        raise InputError(f"query {name}: the query list gives a {camera.size.tolist()} camera but the "
+                         f"image is {width}x{height}")

@@ -1,0 +1,114 @@
+"""RANSAC-PnP: a camera pose from 2D-3D matches, with the QUERY camera's intrinsics.
+
+Estimators (``ESTIMATORS``): ``poselib`` (default; LO-RANSAC with P3P and a final
+non-linear refinement) and ``pycolmap`` (COLMAP's ``estimate_and_refine_absolute_pose``).
+Both take COLMAP pixel coordinates at the camera's own resolution (the original query
+image), so ``max_error`` is in original pixels, and both handle every camera model of
+``locseg.geometry.camera`` with its distortion. A pose counts as found when it has at
+least ``min_inliers`` inliers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, RegistryError, check_shape
+from ..geometry import Camera, Pose
+
+
+@dataclass(frozen=True)
+class PnPConfig:
+    """RANSAC-PnP settings (S2DHM: 12 px, 12 inliers)."""
+
+    estimator: str = "poselib"
+    max_error: float = 12.0
+    min_inliers: int = 12
+    min_iterations: int = 100
+    max_iterations: int = 10000
+    confidence: float = 0.9999
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise RegistryError("PnP estimator", self.estimator, sorted(ESTIMATORS))
+        if self.max_error <= 0:
+            raise InputError(f"max_error must be positive, got {self.max_error}")
+        if self.min_inliers < 4:
+            raise InputError(f"min_inliers must be at least 4, got {self.min_inliers}")
+
+
+@dataclass(frozen=True)
+class PnPResult:
+    """``pose`` (cam_from_world) or None, and the (N,) bool ``inliers`` mask."""
+
+    pose: Pose | None
+    inliers: np.ndarray
+
+    @property
+    def num_inliers(self) -> int:
+        return int(self.inliers.sum())
+
+
+def _poselib(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, config: PnPConfig) -> PnPResult:
+    import poselib
+
+    width, height = (int(round(v)) for v in camera.size.tolist())
+    camera_dict = {"model": camera.model, "width": width, "height": height,
+                   "params": camera.params.double().tolist()}
+    ransac = {"max_reproj_error": config.max_error, "min_iterations": config.min_iterations,
+              "max_iterations": config.max_iterations, "success_prob": config.confidence,
+              "seed": config.seed}
+    pose, info = poselib.estimate_absolute_pose(points2D, points3D, camera_dict, ransac, {})
+    inliers = np.asarray(info.get("inliers", []), dtype=bool).reshape(-1)
+    if len(inliers) != len(points2D) or not inliers.any():
+        return PnPResult(None, np.zeros(len(points2D), bool))
+    return PnPResult(Pose.from_qt(np.array(pose.q), np.array(pose.t)), inliers)
+
+
+def _pycolmap(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, config: PnPConfig) -> PnPResult:
+    import pycolmap
+
+    options = pycolmap.AbsolutePoseEstimationOptions()
+    options.ransac.max_error = config.max_error
+    options.ransac.min_num_trials = config.min_iterations
+    options.ransac.max_num_trials = config.max_iterations
+    options.ransac.confidence = config.confidence
+    options.ransac.random_seed = config.seed
+    result = pycolmap.estimate_and_refine_absolute_pose(points2D, points3D, camera.to_colmap(), options)
+    if result is None:
+        return PnPResult(None, np.zeros(len(points2D), bool))
+    return PnPResult(Pose.from_colmap(result["cam_from_world"]), np.asarray(result["inlier_mask"], bool))
+
+
+ESTIMATORS: dict[str, Callable[[np.ndarray, np.ndarray, Camera, PnPConfig], PnPResult]] = {
+    "poselib": _poselib,
+    "pycolmap": _pycolmap,
+}
+
+
+def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: Camera,
+                  config: PnPConfig = PnPConfig()) -> PnPResult:
+    """RANSAC-PnP with ``config.estimator``.
+
+    Args:
+        points2D: (N, 2) COLMAP pixel coordinates in the image of ``camera``.
+        points3D: (N, 3) world coordinates of the matched points.
+        camera: the query's camera, unbatched.
+    Returns:
+        the pose with its inlier mask; ``pose`` is None when fewer than
+        ``config.min_inliers`` inliers support the best hypothesis (or N < 4).
+    """
+    points2D = np.ascontiguousarray(points2D, dtype=np.float64)
+    points3D = np.ascontiguousarray(points3D, dtype=np.float64)
+    check_shape("points2D", points2D.shape, "(N, 2)", points2D.ndim == 2 and points2D.shape[1] == 2)
+    check_shape("points3D", points3D.shape, f"({len(points2D)}, 3)",
+                points3D.shape == (len(points2D), 3))
+    if len(points2D) < max(4, config.min_inliers):
+        return PnPResult(None, np.zeros(len(points2D), bool))
+    result = ESTIMATORS[config.estimator](points2D, points3D, camera, config)
+    if result.pose is None or result.num_inliers < config.min_inliers:
+        return PnPResult(None, result.inliers)
+    return result

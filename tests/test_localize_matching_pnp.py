@@ -1,0 +1,118 @@
+"""Sparse-to-dense matching and RANSAC-PnP against known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from locseg.errors import InputError, RegistryError, ShapeError
+from locseg.geometry import Camera, Pose
+from locseg.localize.matching import (
+    MatchingConfig,
+    match_sparse_to_dense,
+    ratio_test_rank,
+)
+from locseg.localize.pnp import ESTIMATORS, PnPConfig, estimate_pose
+
+
+def _unit_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(channels, height, width, generator=g), dim=0)
+
+
+def test_matches_land_on_the_cell_centres_of_their_source():
+    query_map = _unit_map(64, 24, 32)
+    cells = torch.tensor([[0, 0], [31, 23], [5, 17], [20, 3]])  # (x, y)
+    descriptors = query_map[:, cells[:, 1], cells[:, 0]].T
+    found = match_sparse_to_dense(descriptors, query_map)
+    assert torch.equal(found.uv, cells.float() * 4 + 2)
+    assert found.keep.all()
+    assert torch.allclose(found.score, torch.ones(4))
+
+
+def test_ratio_test_rejects_a_descriptor_that_matches_a_whole_region_equally():
+    query_map = _unit_map(16, 20, 20)
+    query_map[:, :10, :10] = query_map[:, 0, 0, None, None]  # a flat 10x10 block: 100 equal peaks
+    descriptors = torch.stack([query_map[:, 0, 0], query_map[:, 15, 15]])
+    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(factor=0.05))  # k = 20 < 100
+    assert found.keep.tolist() == [False, True]
+
+
+def test_chunking_does_not_change_the_matches():
+    query_map = _unit_map(32, 12, 16, seed=1)
+    descriptors = torch.nn.functional.normalize(torch.randn(50, 32), dim=1)
+    whole = match_sparse_to_dense(descriptors, query_map)
+    chunked = match_sparse_to_dense(descriptors, query_map, MatchingConfig(chunk=7))
+    assert torch.equal(whole.uv, chunked.uv) and torch.equal(whole.keep, chunked.keep)
+
+
+def test_ratio_test_rank_follows_the_factor():
+    assert ratio_test_rank(96, 128, 0.006) == int(0.006 * 96 * 128) == 73
+    assert ratio_test_rank(4, 4, 0.006) == 2
+
+
+def test_matching_checks_shapes_and_settings():
+    with pytest.raises(ShapeError):
+        match_sparse_to_dense(torch.zeros(3, 8), torch.zeros(16, 4, 4))
+    with pytest.raises(InputError):
+        MatchingConfig(ratio=1.5)
+
+
+def _scene(camera: Camera, count: int, outliers: float, seed: int = 0):
+    """Points in front of a known camera, their projections, and a fraction of wrong 2D points."""
+    rng = np.random.default_rng(seed)
+    T = Pose.from_aa(torch.tensor([0.05, -0.3, 0.02], dtype=torch.float64), torch.tensor([0.4, -0.2, 1.5],
+                                                                                           dtype=torch.float64))
+    width, height = (float(v) for v in camera.size.tolist())
+    uv = np.stack([rng.uniform(10, width - 10, count), rng.uniform(10, height - 10, count)], axis=1)
+    depth = rng.uniform(4, 30, count)
+    rays = camera.unproject(torch.from_numpy(uv))                   # z = 1, distortion removed
+    points_cam = rays * torch.from_numpy(depth)[:, None]
+    points_world = T.inv().transform(points_cam).numpy()
+    wrong = rng.random(count) < outliers
+    uv_observed = uv.copy()
+    uv_observed[wrong] = np.stack([rng.uniform(0, width, wrong.sum()), rng.uniform(0, height, wrong.sum())], 1)
+    return T, uv_observed, points_world, ~wrong
+
+
+CAMERAS = {
+    "PINHOLE": Camera.from_params("PINHOLE", 640, 480, [500.0, 510.0, 320.0, 240.0]),
+    "SIMPLE_RADIAL": Camera.from_params("SIMPLE_RADIAL", 512, 384, [420.0, 250.0, 190.0, -0.08]),
+    "OPENCV": Camera.from_params("OPENCV", 800, 600, [600.0, 590.0, 410.0, 290.0, -0.1, 0.02, 0.001, -0.002]),
+}
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize("model", sorted(CAMERAS))
+def test_pnp_recovers_the_pose_through_outliers_and_distortion(estimator, model):
+    camera = CAMERAS[model]
+    T, uv, xyz, truly_inlier = _scene(camera, 300, outliers=0.4)
+    result = estimate_pose(uv, xyz, camera, PnPConfig(estimator=estimator, max_error=4.0))
+    assert result.pose is not None
+    dt, dr = result.pose.error(T)
+    assert float(dt) < 1e-3 and float(dr) < 1e-2
+    # every true inlier is found; a random outlier lands within 4 px only by chance
+    assert result.inliers[truly_inlier].all()
+    assert result.inliers[~truly_inlier].mean() < 0.05
+
+
+def test_pnp_without_enough_support_gives_no_pose():
+    camera = CAMERAS["PINHOLE"]
+    _, uv, xyz, _ = _scene(camera, 11, outliers=0.0)
+    result = estimate_pose(uv, xyz, camera, PnPConfig(min_inliers=12))
+    assert result.pose is None and result.num_inliers == 0
+    _, uv, xyz, _ = _scene(camera, 200, outliers=1.0, seed=3)          # nothing consistent
+    assert estimate_pose(uv, xyz, camera, PnPConfig(max_error=2.0)).pose is None
+
+
+def test_pnp_config_checks_its_values():
+    with pytest.raises(RegistryError, match="poselib"):
+        PnPConfig(estimator="opencv")
+    with pytest.raises(InputError):
+        PnPConfig(min_inliers=2)
+    with pytest.raises(ShapeError):
+        estimate_pose(np.zeros((20, 2)), np.zeros((19, 3)), CAMERAS["PINHOLE"])
+    assert math.isfinite(PnPConfig().max_error)

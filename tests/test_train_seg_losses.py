@@ -1,0 +1,105 @@
+"""Segmentation losses on tiny cases computed by hand, and the non-stationary filter."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from locseg.errors import InputError, ShapeError
+from locseg.models.segmentation import NUM_CLASSES, SegOutput
+from locseg.train.seg_losses import (
+    combine,
+    correspondence_ce,
+    correspondence_hinge,
+    correspondence_loss,
+    stationary,
+    supervised_loss,
+)
+
+
+def test_correspondence_ce_by_hand():
+    reference = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # argmax: class 0, class 2
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(2)]], requires_grad=True)
+    loss = correspondence_ce(reference, target)
+    # -log(1/3) and -log(2 / (1 + 1 + 2)), averaged
+    assert loss.item() == pytest.approx((math.log(3) + math.log(2)) / 2)
+    loss.backward()
+    # d/dz of -log softmax(z)[k] is softmax(z) - onehot(k)
+    expected = torch.tensor([[1 / 3 - 1, 1 / 3, 1 / 3], [0.25, 0.25, 0.5 - 1]]) / 2
+    torch.testing.assert_close(target.grad, expected)
+
+
+def test_correspondence_hinge_by_hand():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[5.0, 0.0], [1.0, 1.0], [-1.0, 0.0]], requires_grad=True)
+    loss = correspondence_hinge(reference, target, margin=0.8)
+    # cosines 1, 1/sqrt(2), -1 -> max(0, 0.8 - cos) = 0, 0.8 - 0.7071, 1.8
+    assert loss.item() == pytest.approx((0 + 0.8 - 2 ** -0.5 + 1.8) / 3)
+    loss.backward()
+    assert reference.grad is None  # the reference side carries no gradient
+    assert target.grad[0].abs().sum() == 0  # an aligned pair is past the margin
+
+
+def test_losses_of_no_correspondence_are_zero_and_differentiable():
+    empty = torch.zeros(0, 4, requires_grad=True)
+    for loss in (correspondence_ce(empty.detach(), empty), correspondence_hinge(empty.detach(), empty)):
+        assert loss.item() == 0
+        loss.backward()
+
+
+def test_non_stationary_filter():
+    classes = torch.tensor([0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 5, 8])
+    logits = torch.nn.functional.one_hot(classes, NUM_CLASSES).float() * 3
+    keep = stationary(logits)
+    assert keep.tolist() == [True, True] + [False] * 8 + [True, True]
+
+
+def _output(logits: torch.Tensor, features: torch.Tensor) -> SegOutput:
+    """Outputs on a stride-1 grid, so that points at pixel centres read cells exactly."""
+    return SegOutput(logits.T[None, :, None, :], features.T[None, :, None, :], stride=1)
+
+
+def test_correspondence_loss_drops_non_stationary_reference_pixels():
+    # Three pixels in a row: the reference sees road, car, building there.
+    reference_logits = torch.nn.functional.one_hot(torch.tensor([0, 13, 2]), NUM_CLASSES).float() * 5
+    target_logits = torch.zeros(3, NUM_CLASSES, requires_grad=True)
+    reference_features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    target_features = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    reference = _output(reference_logits, reference_features)
+    target = _output(target_logits, target_features)
+    assert reference.logits.shape == (1, NUM_CLASSES, 1, 3)
+    points = torch.tensor([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5]])
+    target_points = points.flip(0)  # reference pixel i matches target pixel 2 - i
+
+    loss, used = correspondence_loss("ce", reference, target, points, target_points)
+    assert used == 2 and loss.item() == pytest.approx(math.log(NUM_CLASSES))  # uniform target logits
+    loss.backward()
+    assert target_logits.grad[1].abs().max() < 1e-6  # the car's partner takes no part (up to sampling round-off)
+    # HingeF on the penultimate features: road (1, 0) vs (1, 1): cos 0.7071; building (1, 1) vs (0, 1): same
+    loss, used = correspondence_loss("hinge-f", reference, target, points, target_points)
+    assert used == 2 and loss.item() == pytest.approx(0.8 - 2 ** -0.5)
+    # HingeC on the logits: target logits are all zero vectors, cosine 0
+    loss, _ = correspondence_loss("hinge-c", reference, target, points, target_points)
+    assert loss.item() == pytest.approx(0.8)
+    with pytest.raises(InputError, match="hinge-x"):
+        correspondence_loss("hinge-x", reference, target, points, target_points)
+    with pytest.raises(ShapeError):
+        correspondence_loss("ce", reference, target, points, target_points[:2])
+
+
+def test_supervised_loss_ignores_255_and_survives_an_unlabelled_image():
+    logits = torch.tensor([[[[0.0, 5.0]], [[math.log(3), -5.0]]]], requires_grad=True)  # (1, 2, 1, 2)
+    loss = supervised_loss(logits, torch.tensor([[[1, 255]]]))
+    assert loss.item() == pytest.approx(-math.log(3 / 4))  # softmax((0, log 3))[1] = 3/4
+    empty = supervised_loss(logits, torch.full((1, 1, 2), 255))
+    assert empty.item() == 0
+    empty.backward()
+
+
+def test_combine_scales_by_one_plus_lambda():
+    assert combine(torch.tensor(2.0), torch.tensor(4.0), 1.0).item() == 3.0
+    assert combine(torch.tensor(2.0), torch.tensor(4.0), 0.0).item() == 2.0
+    with pytest.raises(InputError):
+        combine(torch.tensor(2.0), torch.tensor(4.0), -1)

@@ -1,0 +1,100 @@
+"""``train-seg`` at tiny scale on the small street: the loss falls, resume is exact; and the
+commands ``train-seg``, ``segment`` and ``evaluate-seg`` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from locseg_cli.segment import segment, train_seg
+from PIL import Image
+
+from locseg.errors import InputError
+from locseg.models.seg_inference import SegmentSettings, store_model_id
+from locseg.store import FeatureStore
+from locseg.train.checkpoint import load_checkpoint
+from locseg.train.segmentation import (
+    SegConfig,
+    select_images,
+    spread,
+    train_segmentation,
+)
+
+TINY = SegConfig(max_side=96, iterations=8, warmup=4, lr=0.02, checkpoint_every=1, validate_every=0,
+                 labels_per_condition=1, max_points=256)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_labelled_images_are_all_references_and_a_few_per_condition(small_street):
+    training, validation = select_images([small_street], dataclasses.replace(TINY, validation_per_condition=1))
+    conditions = [item.condition for item in training]
+    assert conditions.count("reference") == 24
+    assert all(conditions.count(c) == 1 for c in set(conditions) - {"reference"}) and len(set(conditions)) == 8
+    assert len(validation) == 7 and not {v.name for v in validation} & {t.name for t in training}
+    assert spread(15, 5) == [1, 4, 7, 10, 13] and spread(3, 5) == [0, 1, 2]
+
+
+def test_loss_falls_and_resume_is_exact(small_street, tmp_path):
+    straight = load_checkpoint(train_segmentation([small_street], tmp_path / "straight.pt", TINY))
+    history = straight.metrics["history"]
+    assert "corr" not in history[3] and history[4]["points"] > 0  # warm-up, then correspondences
+    assert np.mean([h["sup"] for h in history[-3:]]) < 0.8 * history[0]["sup"]
+
+    def kill_at_step_6(stage, done, total, parts):
+        if done == 6:
+            raise Killed
+    with pytest.raises(Killed):  # the checkpoint of step 5 survives
+        train_segmentation([small_street], tmp_path / "killed.pt", TINY, progress=kill_at_step_6)
+    assert load_checkpoint(tmp_path / "killed.pt").step == 5
+    with pytest.raises(InputError, match="exists"):
+        train_segmentation([small_street], tmp_path / "killed.pt", TINY)
+    resumed = load_checkpoint(train_segmentation([small_street], tmp_path / "killed.pt", TINY, resume=True))
+    assert resumed.metrics["history"] == history
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
+
+
+def test_commands_end_to_end(small_street, tmp_path):
+    weights = tmp_path / "seg.safetensors"
+    out = CliRunner().invoke(train_seg, ["--dataset", str(small_street), "--output", str(weights.with_suffix(".pt")),
+                                         "--iterations", "2", "--warmup", "1", "--max-side", "96",
+                                         "--backbone-mode", "frozen", "--loss", "hinge-f", "--validate-every", "2",
+                                         "--labels-per-condition", "1"])
+    assert out.exit_code == 0, out.output
+    config = load_checkpoint(weights.with_suffix(".pt")).config
+    assert config["correspondence_loss"] == "hinge-f" and config["backbone_mode"] == "frozen"
+    assert weights.is_file() and weights.with_suffix(".best.safetensors").is_file()
+    names = tmp_path / "names.txt"
+    names.write_text("reference/cam0/000003.png\nnight/cam1/000001.png\n")
+    args = ["--weights", str(weights), "--images", str(small_street / "images"), "--output", str(tmp_path / "seg"),
+            "--list", str(names)]
+    out = CliRunner().invoke(segment, [*args, "--store", str(tmp_path / "street.h5")])
+    assert out.exit_code == 0, out.output
+    labels = np.asarray(Image.open(tmp_path / "seg" / "labels" / "night" / "cam1" / "000001.png"))
+    colour = np.asarray(Image.open(tmp_path / "seg" / "colour" / "night" / "cam1" / "000001.png"))
+    assert labels.shape == (192, 256) and labels.max() < 19 and colour.shape == (192, 256, 3)
+    settings = json.loads((tmp_path / "seg" / "segment.json").read_text())
+    assert settings["max_side"] == 96 and settings["window"] == [67, 45, 22]  # from the training recipe
+    key = store_model_id(SegmentSettings(**settings), "vgg16-slim")
+    assert key.startswith("seg-vgg16-slim.") and key.endswith(".max_side=96.window=67-45-22")
+    with FeatureStore(tmp_path / "street.h5") as store:
+        np.testing.assert_array_equal(store.get_labels(key, "night/cam1/000001.png").labels, labels)
+        assert store.names(key, "labels") == {"reference/cam0/000003.png", "night/cam1/000001.png"}
+    out = CliRunner().invoke(segment, [*args, "--whole-image"])  # other settings, same folder
+    assert out.exit_code != 0 and "other settings" in str(out.exception)
