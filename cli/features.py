@@ -15,8 +15,7 @@ from locseg.models.backbone import BACKBONES
 from locseg.train.finetune import FinetuneConfig
 from locseg.train.finetune import build_model as build_hypercolumns
 from locseg.train.pairs import CorrespondencePairs
-from locseg.train.retrieval import PlaceImages, RetrievalConfig
-from locseg.train.retrieval import build_model as build_retrieval
+from locseg.train.retrieval import load_retrieval_model
 
 from .progress import stage_progress
 
@@ -41,8 +40,7 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
         result["matching_precision"] = matching_precision(model, pairs, max_points=points,
                                                           progress=progress).percent()
         if retrieval_weights:
-            config = RetrievalConfig(backbone=backbone, init=retrieval_weights)
-            retrieval = build_retrieval(config, PlaceImages.from_streets([dataset]), require_netvlad=True)
+            retrieval = load_retrieval_model(retrieval_weights, weights, backbone)
             recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
             result["retrieval_recall"] = {c: [r[k] for k in (1, 5, 10)] for c, r in recall.items()}
     if as_json:

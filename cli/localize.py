@@ -99,6 +99,9 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "
                f"{summary.reused} reused from the log) in {time.perf_counter() - start:.0f} s, "
                f"median {summary.median_seconds_per_query:.2f} s per query")
+    if summary.unusable:
+        click.secho(f"locseg: warning: {len(summary.unusable)} queries could not be used and have no result "
+                    f"(first: {summary.unusable[0]}); the log says why", fg="yellow", err=True)
     click.echo(f"results: {summary.results}  log: {log_path}")
     if ground_truth is not None:
         Console().print(evaluate_poses(read_poses(summary.results), read_poses(ground_truth)).to_table())

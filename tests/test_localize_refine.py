@@ -369,3 +369,18 @@ def test_input_shapes_are_checked():
         refine_pose(T_true, camera, points, descriptors, fmap, weights=-torch.ones(points.shape[0], dtype=D))
     with pytest.raises(ShapeError, match="T_init"):
         refine_poses(T_true, camera, points[None], descriptors[None], fmap[None])
+
+
+def test_central_differences_at_the_points_equal_the_interpolated_gradient_maps_inside():
+    from locseg.localize.feature_gradients import CentralDifferenceField
+
+    g = torch.Generator().manual_seed(3)
+    fmap = torch.randn(2, 6, 20, 24, generator=g, dtype=torch.float64)
+    # points at least one cell (4 px) inside the hull of the cell centres
+    uv = torch.rand(2, 50, 2, generator=g, dtype=torch.float64) * torch.tensor([4 * 20.0, 4 * 16.0]) + 6.5
+    lazy = CentralDifferenceField.from_map(fmap).sample(uv)
+    full = FeatureField.from_map(fmap, "central").sample(uv)
+    for a, b in zip(lazy, full):
+        assert torch.allclose(a, b, atol=1e-12)
+    sub = CentralDifferenceField.from_map(fmap).select_channels(2, 4).sample(uv)
+    assert torch.allclose(sub[0], full[0][..., 2:4], atol=1e-12)

@@ -21,7 +21,8 @@ feature-metric refinement.
 The per-query log (``locseg.io.localize_log``) is appended as queries finish, and a
 rerun with the same log and settings reuses the queries it holds, so an interrupted
 run loses at most one query. The results file (every query, in list order) is
-written at the end, atomically.
+written at the end, atomically. A query whose image cannot be read, or whose camera
+does not fit its image, fails alone: the log says why and the results leave it out.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, LocsegError
 from ..geometry import Camera, Pose
 from ..io.localize_log import LogWriter, read_log
 from ..io.poses import write_poses
@@ -59,6 +60,7 @@ Progress = Callable[[str, int, int], None]
 
 DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-interim"
 DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-interim"
+OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class LocalizeConfig:
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
     max_side: int = 512
-    top_k: int = 5
-    max_points: int = 2048          # reference observations matched per image (0: all)
+    top_k: int = 3
+    max_points: int = 1024          # reference observations matched per image (0: all)
     whitening_dim: int = 64
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -167,13 +169,24 @@ def _pose_of(record: dict) -> Pose:
 
 def extract_reference_features(reference: ReferenceMap, models: Models, store: FeatureStore,
                                config: LocalizeConfig, progress: Progress | None = None) -> int:
-    """Put every reference image's global and sparse features into the store; the number computed."""
+    """Put every reference image's global and sparse features into the store; the number computed.
+
+    Each model id records the settings its features depend on, and nothing else, so
+    runs that differ in retrieval depth, matching or PnP share them.
+    """
+    store.set_config(models.sparse_id, {"kind": "sparse hypercolumns", "backbone": config.backbone,
+                                        "weights": config.weights, "layers": list(config.layers),
+                                        "max_side": config.max_side, "max_points": config.max_points,
+                                        "observation_cell": OBSERVATION_CELL})
+    store.set_config(models.global_id, {"kind": "global descriptors", "backbone": config.backbone,
+                                        "weights": config.weights, "retrieval_weights": config.retrieval_weights,
+                                        "max_side": config.max_side})
     todo = [n for n in reference.names
             if not (store.has(models.sparse_id, "sparse", n) and store.has(models.global_id, "global", n))]
     for done, name in enumerate(todo):
         image, camera = prepare_image(load_image(reference.image_path(name)), max_side=config.max_side)
         dense, descriptor = models.describe(image)
-        observations = reference.observations(name, config.max_points)
+        observations = reference.observations(name, config.max_points, OBSERVATION_CELL)
         scale = _input_scale(reference.cameras[name], image)
         keypoints = torch.from_numpy(observations.keypoints).to(dense) * scale
         with torch.inference_mode():
@@ -315,6 +328,7 @@ class LocalizeSummary:
     queries: int
     localized: int
     reused: int
+    unusable: list[str]          # queries whose image or camera could not be used (no result line)
     reference_features_computed: int
     median_seconds_per_query: float
 
@@ -339,13 +353,12 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
     output, query_root = Path(output), Path(query_root)
     log_path = Path(log_path) if log_path else output.with_suffix(".log.jsonl")
     digest = config.digest()
-    previous = {n: r for n, r in read_log(log_path).items() if r.get("config") == digest} \
+    previous = {n: r for n, r in read_log(log_path).items() if r.get("config") == digest and r.get("pose")} \
         if log_path.is_file() else {}
+    unusable: list[str] = []
 
     models = Models.load(config)
     with FeatureStore(store_path, mode="a") as store:
-        store.set_config(models.sparse_id, {"localize": config.to_dict(), "kind": "sparse"})
-        store.set_config(models.global_id, {"localize": config.to_dict(), "kind": "global"})
         computed = extract_reference_features(reference, models, store, config, progress)
         store.flush()
         localizer = Localizer(reference, models, store, config)
@@ -355,18 +368,24 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
                 if name in previous:
                     poses[name] = _pose_of(previous[name])
                 else:
-                    image = load_image(query_root / name)
-                    _check_camera(name, camera, image)
-                    result = localizer.localize(name, image, camera)
-                    record = result.record(digest)
-                    log.write(record)
-                    poses[name] = _pose_of(record)
-                    seconds.append(result.timing["total"])
+                    try:
+                        image = load_image(query_root / name)
+                        _check_camera(name, camera, image)
+                    except LocsegError as err:  # this query fails; the others go on
+                        log.write({"name": name, "success": False, "failure": f"unusable input: {err}",
+                                   "pose": None, "config": digest})
+                        unusable.append(name)
+                    else:
+                        result = localizer.localize(name, image, camera)
+                        record = result.record(digest)
+                        log.write(record)
+                        poses[name] = _pose_of(record)
+                        seconds.append(result.timing["total"])
                 if progress:
                     progress("localize", done + 1, len(queries))
     write_poses(output, poses)
-    localized = sum(1 for n, _ in queries if n not in previous)
-    return LocalizeSummary(output, len(queries), localized, len(queries) - localized, computed,
+    reused = sum(1 for n, _ in queries if n in previous)
+    return LocalizeSummary(output, len(queries), len(queries) - reused - len(unusable), reused, unusable, computed,
                            float(np.median(seconds)) if seconds else 0.0)
 
 

@@ -62,7 +62,7 @@ import torch
 from ..errors import InputError, ShapeError, check_shape
 from ..geometry import Camera, Pose, left_perturbation_jacobian
 from ..models.hypercolumn import STRIDE
-from .feature_gradients import FeatureField, check_gradient_operator
+from .feature_gradients import check_gradient_operator, feature_field
 from .robust import get_robust_loss, robust_cost
 
 __all__ = [
@@ -473,7 +473,7 @@ def _refine(T_init: Pose, camera: Camera, points: torch.Tensor, descriptors: tor
     T_init = T_init.to(dtype)
     camera, points, descriptors = camera.to(dtype=dtype), points.to(dtype), descriptors.to(dtype)
     weights = weights.to(dtype)
-    field = FeatureField.from_map(feature_maps, config.gradient_operator)
+    field = feature_field(feature_maps, config.gradient_operator)
     C = field.channels
     if any(stop > C for _, stop in config.levels):
         raise ShapeError(f"config.levels {config.levels} exceed the maps' {C} channels")

@@ -208,6 +208,33 @@ def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: b
     return model
 
 
+def load_retrieval_model(weights: str, hypercolumn_weights: str | None = None,
+                         backbone: str = "vgg16-slim") -> RetrievalModel:
+    """A trained retrieval model for evaluation, from ``locseg train-retrieval`` weights.
+
+    A ``hypercolumns`` head exported without its (frozen) backbone pools the
+    hypercolumns of ``hypercolumn_weights``, which must then be given.
+    """
+    state = load_state_dict(weights)
+    path = resolve_weights(weights)
+    metadata = read_safetensors_metadata(path) if sniff_format(path) == "safetensors" else {}
+    source = metadata.get("source", "conv5_3")
+    netvlad = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("netvlad.")}
+    if not netvlad:
+        raise InputError(f"weights {weights!r} hold no 'netvlad.*' tensors; train them with locseg train-retrieval")
+    model = RetrievalModel(metadata.get("backbone", backbone), netvlad["centroids"].shape[0], source)
+    own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("backbone.")}
+    if own:
+        model.backbone.load_state_dict(own)
+    elif hypercolumn_weights:
+        model.backbone.load_state_dict(backbone_state(load_state_dict(hypercolumn_weights), hypercolumn_weights))
+    else:
+        raise InputError(f"retrieval weights {weights!r} hold no backbone; give the hypercolumn weights they "
+                         "were trained on")
+    model.netvlad.load_state_dict(netvlad)
+    return model
+
+
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
                  margin: float) -> torch.Tensor:
     """Mean over negatives of ``max(0, |a - p| + margin - |a - n|)``; (D,), (D,), (K, D) → ().
