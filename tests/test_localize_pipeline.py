@@ -9,14 +9,12 @@ import pytest
 from click.testing import CliRunner
 from locseg_cli.main import cli
 
-from locseg.errors import InputError
 from locseg.evaluate.pose import evaluate_poses
 from locseg.geometry import Camera
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.pipeline import LocalizeConfig, localize
 from locseg.localize.reference import ReferenceMap
-
 
 # The small street's map has 24 references of 256 x 192 pixels: retrieving 5 of them and
 # matching 2048 points of each localizes 6 of 9 day queries within 5 m, 10 deg, where the

@@ -33,10 +33,16 @@ from ..geometry import Pose
 from ..io.poses import read_poses
 from ..models.backbone import build_backbone
 from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
-from ..models.load import weights_digest
+from ..models.load import backbone_state, weights_digest
 from ..models.netvlad import RETRIEVAL_SOURCES, NetVLAD, PCAWhitening
 from ..models.preprocess import load_image, normalize_image, resize_image
-from ..models.weights import load_state_dict, save_safetensors
+from ..models.weights import (
+    load_state_dict,
+    read_safetensors_metadata,
+    resolve_weights,
+    save_safetensors,
+    sniff_format,
+)
 from .run import Run
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
