@@ -166,8 +166,9 @@ def summarize(records: list[dict], truth: dict, config: LocalizeConfig, sift_con
         poses = {r["name"]: r[method]["pose"] for r in records}
         evaluation = evaluate_poses(poses, truth)
         timings = [r[method]["timing"] for r in records]
-        median = {stage: float(np.median([t[stage] for t in timings]))
-                  for stage in (*STAGES, "total") if stage in timings[0]}
+        # a stage a query skipped (no refinement after a failed PnP) took 0 s for it
+        median = {stage: float(np.median([t.get(stage, 0.0) for t in timings]))
+                  for stage in (*STAGES, "total") if any(stage in t for t in timings)}
         if method == "sift":
             median["total without retrieval"] = float(np.median([t["total"] - t["retrieval"] for t in timings]))
         report["methods"][method] = {

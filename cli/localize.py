@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from locseg.errors import InputError
 from locseg.evaluate.pose import evaluate_poses
+from locseg.io.colmap import read_model
 from locseg.io.localize_log import read_failed_queries
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
@@ -20,7 +20,9 @@ from locseg.localize.pnp import ESTIMATORS, PnPConfig
 from locseg.localize.reference import ReferenceMap
 from locseg.localize.refine import RefineConfig
 from locseg.localize.robust import ROBUST_LOSSES
+from locseg.localize.triangulate import triangulate_reconstruction
 from locseg.models.backbone import BACKBONES
+from locseg.models.load import load_hypercolumns
 from locseg.synth.generate import generate
 
 from .progress import stage_progress
@@ -89,10 +91,16 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                                 pnp=PnPConfig(estimator=estimator),
                                 refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                            gradient_operator=refine_gradient))
+        query_list = read_query_list(queries)   # a malformed list fails here, before any work
         reference_map = ReferenceMap.read(reference, images)
         if not reference_map.has_points():
-            raise InputError(f"{reference}: the model has no 3D points; build them with locseg build-reference")
-        summary = run_localize(reference_map, read_query_list(queries), images, output,
+            triangulated = output.parent / "reference-triangulated"
+            click.echo(f"{reference} has poses but no 3D points: triangulating them with locseg features "
+                       f"into {triangulated} (once)")
+            model = triangulate_reconstruction(read_model(reference), images, triangulated,
+                                               load_hypercolumns(backbone, weights).eval(), progress=progress)
+            reference_map = ReferenceMap.from_reconstruction(model, images)
+        summary = run_localize(reference_map, query_list, images, output,
                                store or output.parent / "features.h5", log_path, config, progress)
     log_path = log_path or output.with_suffix(".log.jsonl")
     failed = len(read_failed_queries(log_path) & {n for n, _ in read_query_list(queries)})

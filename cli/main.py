@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import evaluate, export, features, localize, segment, synth, train
+    from . import evaluate, export, features, localize, reference, segment, synth, train
 
-    for module in (synth, localize, export, evaluate, train, features, segment):
+    for module in (synth, localize, reference, export, evaluate, train, features, segment):
         for command in module.COMMANDS:
             cli.add_command(command)
 

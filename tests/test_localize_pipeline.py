@@ -16,10 +16,7 @@ from locseg.io.queries import read_query_list
 from locseg.localize.pipeline import LocalizeConfig, localize
 from locseg.localize.reference import ReferenceMap
 
-# The small street's map has 24 references of 256 x 192 pixels: retrieving 5 of them and
-# matching 2048 points of each localizes 6 of 9 day queries within 5 m, 10 deg, where the
-# defaults chosen for speed on the default street (3 and 1024) localize 5.
-CONFIG = LocalizeConfig(top_k=5, max_points=2048)
+CONFIG = LocalizeConfig()
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +124,24 @@ def test_cli_localize_prints_the_recall_table(run, tmp_path):
                                       "--top-k", "2", "--no-refine"])
     assert result.exit_code == 0, result.output
     assert "localized 21 queries" in result.output and "night-rain" in result.output
+
+
+@pytest.mark.slow
+def test_a_model_without_points_is_triangulated_first_and_says_so(run, tmp_path):
+    import pycolmap
+
+    street = run[0]
+    model = pycolmap.Reconstruction(street / "reference" / "model")
+    for point_id in list(model.points3D):
+        model.delete_point3D(point_id)
+    (tmp_path / "model").mkdir()
+    model.write(tmp_path / "model")
+    result = CliRunner().invoke(cli, ["localize", "--reference", str(tmp_path / "model"),
+                                      "--images", str(street / "images"),
+                                      "--queries", str(street / "queries" / "all.txt"),
+                                      "--output", str(tmp_path / "out" / "results.txt")])
+    assert result.exit_code == 0, result.output
+    assert "has poses but no 3D points: triangulating them" in result.output
+    evaluation = evaluate_poses(read_poses(tmp_path / "out" / "results.txt"),
+                                read_poses(street / "ground_truth" / "queries.txt"))
+    assert json.loads(evaluation.to_json())["recall"]["all"][-1] >= 50.0

@@ -72,8 +72,8 @@ class LocalizeConfig:
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
     max_side: int = 512
-    top_k: int = 3
-    max_points: int = 1024          # reference observations matched per image (0: all)
+    top_k: int = 5
+    max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)
