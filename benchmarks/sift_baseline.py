@@ -51,7 +51,7 @@ from locseg.errors import InputError, LocsegError, check_shape
 from locseg.geometry import Camera, Pose
 from locseg.io.colmap import read_model
 from locseg.localize.pnp import PnPConfig, estimate_pose
-from locseg.localize.triangulate import epipolar_errors, select_pairs
+from locseg.localize.triangulate import epipolar_errors, select_pairs, write_database
 from locseg.models.preprocess import load_image
 
 Progress = Callable[[str, int, int], None]
@@ -326,7 +326,7 @@ def _triangulate(reconstruction: pycolmap.Reconstruction, image_root: Path, outp
     workdir = Path(tempfile.mkdtemp(prefix=".sift.", dir=output.parent))
     try:
         database = workdir / "database.db"
-        _write_database(database, reconstruction, image_ids, keypoints, matches)
+        write_database(database, reconstruction, keypoints, matches)
         try:
             model = pycolmap.triangulate_points(pycolmap.Reconstruction(reconstruction), database, image_root,
                                                 partial, clear_points=True, options=config.triangulation_options(),
@@ -347,37 +347,6 @@ def _triangulate(reconstruction: pycolmap.Reconstruction, image_root: Path, outp
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
     return model, summary
-
-
-def _write_database(path: Path, reconstruction: pycolmap.Reconstruction, image_ids: Sequence[int],
-                    keypoints: dict[int, np.ndarray], matches: dict[tuple[int, int], tuple[np.ndarray, Pose]]) -> None:
-    """A COLMAP database with the reconstruction's cameras, rigs, frames and images (same
-    ids), the keypoints, and the matches as verified calibrated two-view geometries."""
-    database = pycolmap.Database.open(path)
-    transaction = pycolmap.DatabaseTransaction(database)  # one commit
-    try:
-        for camera in reconstruction.cameras.values():
-            database.write_camera(camera, use_camera_id=True)
-        for rig in reconstruction.rigs.values():
-            database.write_rig(rig, use_rig_id=True)
-        for frame in reconstruction.frames.values():
-            database.write_frame(frame, use_frame_id=True)
-        for image_id in image_ids:
-            image = reconstruction.images[image_id]
-            entry = pycolmap.Image(name=image.name, camera_id=image.camera_id, image_id=image_id)
-            entry.frame_id = image.frame_id
-            database.write_image(entry, use_image_id=True)
-            database.write_keypoints(image_id, keypoints[image_id].astype(np.float32))
-        for (id_a, id_b), (pair_matches, T_b_from_a) in matches.items():
-            database.write_matches(id_a, id_b, pair_matches)
-            geometry = pycolmap.TwoViewGeometry()
-            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-            geometry.inlier_matches = pair_matches
-            geometry.cam2_from_cam1 = T_b_from_a.to_colmap()
-            database.write_two_view_geometry(id_a, id_b, geometry)
-    finally:
-        del transaction  # commits
-        database.close()
 
 
 # --------------------------------------------------------------------------- queries

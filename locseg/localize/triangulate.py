@@ -452,7 +452,7 @@ class _FeatureCache:
 
 
 # --------------------------------------------------------------------------- database
-def _write_database(path: Path, reconstruction: pycolmap.Reconstruction, keypoints: Mapping[int, np.ndarray],
+def write_database(path: Path, reconstruction: pycolmap.Reconstruction, keypoints: Mapping[int, np.ndarray],
                     matches: Mapping[tuple[int, int], tuple[np.ndarray, Pose]]) -> None:
     """A COLMAP database holding the reconstruction's rigs, cameras, frames and images
     (same ids; unposed ones without keypoints), the keypoints, and the matches as verified
@@ -589,7 +589,7 @@ def _triangulate(reconstruction: pycolmap.Reconstruction, image_root: Path, outp
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         database = workdir / "database.db"
-        _write_database(database, reconstruction, keypoints, matches)
+        write_database(database, reconstruction, keypoints, matches)
         posed = pycolmap.Reconstruction(reconstruction)
         posed.delete_all_points2D_and_points3D()  # the database's keypoints replace any it had
         try:
