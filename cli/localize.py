@@ -103,7 +103,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         summary = run_localize(reference_map, query_list, images, output,
                                store or output.parent / "features.h5", log_path, config, progress)
     log_path = log_path or output.with_suffix(".log.jsonl")
-    failed = len(read_failed_queries(log_path) & {n for n, _ in read_query_list(queries)})
+    failed = len(read_failed_queries(log_path) & {n for n, _ in query_list})
     click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "
                f"{summary.reused} reused from the log) in {time.perf_counter() - start:.0f} s, "
                f"median {summary.median_seconds_per_query:.2f} s per query")

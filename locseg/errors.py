@@ -7,6 +7,11 @@ one-line message and an exit code (see ``cli/main.py``, installed as ``locseg_cl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 from pathlib import Path
 
 
@@ -66,6 +71,13 @@ class RegistryError(InputError):
     def __init__(self, kind: str, name: str, valid: list[str]):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         super().__init__(f"unknown {kind} {name!r}; valid names: {', '.join(self.valid)}")
+
+
+def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
+    """``registry[name]``, or a RegistryError naming ``kind`` and listing the valid names."""
+    if name not in registry:
+        raise RegistryError(kind, str(name), list(registry))
+    return registry[name]
 
 
 def check_shape(name: str, shape: tuple[int, ...], expected: str, ok: bool) -> None:

@@ -33,12 +33,8 @@ class Killed(Exception):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Every test here runs on one thread (conftest.one_thread)."""
 
 
 def test_labelled_images_are_all_references_and_a_few_per_condition(small_street):

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, RegistryError, ShapeError, check_shape
+from ..errors import InputError, ShapeError, check_shape, lookup
 from .wrapper import (
     TensorLike,
     TensorWrapper,
@@ -96,9 +96,7 @@ MODELS: dict[str, CameraModel] = {
 
 def get_model(name: str) -> CameraModel:
     """The model called ``name``; raises RegistryError listing the valid names."""
-    if name not in MODELS:
-        raise RegistryError("camera model", str(name), list(MODELS))
-    return MODELS[name]
+    return lookup(MODELS, "camera model", name)
 
 
 def _round_half_up(x: torch.Tensor) -> torch.Tensor:

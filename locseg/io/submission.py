@@ -35,7 +35,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from locseg.errors import FormatError, InputError, RegistryError
+from locseg.errors import FormatError, InputError, lookup
 from locseg.geometry import Pose
 
 from ._common import iter_records
@@ -80,9 +80,7 @@ NAMINGS: dict[str, Naming] = {
 
 def get_naming(dataset: str) -> Naming:
     """The naming of ``dataset``; raises RegistryError listing the valid names."""
-    if dataset not in NAMINGS:
-        raise RegistryError("dataset", str(dataset), list(NAMINGS))
-    return NAMINGS[dataset]
+    return lookup(NAMINGS, "dataset", dataset)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import InputError, RegistryError
+from ..errors import InputError, lookup
 
 RobustLoss = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 """``(s, scale) -> (rho(s), rho'(s))``, elementwise on squared residual norms ``s`` (...)."""
@@ -71,9 +71,7 @@ ROBUST_LOSSES: dict[str, RobustLoss] = {
 
 def get_robust_loss(name: str) -> RobustLoss:
     """The loss called ``name``; raises RegistryError listing the valid names."""
-    if name not in ROBUST_LOSSES:
-        raise RegistryError("robust loss", str(name), list(ROBUST_LOSSES))
-    return ROBUST_LOSSES[name]
+    return lookup(ROBUST_LOSSES, "robust loss", name)
 
 
 def robust_cost(name: str, s: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import FormatError, InputError, RegistryError, ShapeError
+from ..errors import FormatError, InputError, ShapeError, lookup
 
 VGG16_WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 512)
 """Output channels of the convolutions of each of the five blocks of VGG-16."""
@@ -244,9 +244,7 @@ def build_backbone(name: str, **kwargs) -> VGG16:
     Raises:
         RegistryError: unknown name; the message lists the valid names.
     """
-    if name not in BACKBONES:
-        raise RegistryError("backbone", str(name), list(BACKBONES))
-    return BACKBONES[name](**kwargs)
+    return lookup(BACKBONES, "backbone", name)(**kwargs)
 
 
 # --------------------------------------------------------------------------- weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import RegistryError
+from ..errors import lookup
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,4 @@ QUERY_CONDITIONS: tuple[str, ...] = tuple(name for name in CONDITIONS if name !=
 
 def get_condition(name: str) -> Condition:
     """The condition called ``name``; raises RegistryError listing the valid names."""
-    if name not in CONDITIONS:
-        raise RegistryError("condition", name, list(CONDITIONS))
-    return CONDITIONS[name]
+    return lookup(CONDITIONS, "condition", name)

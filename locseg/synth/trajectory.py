@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import RegistryError
+from ..errors import lookup
 from ..geometry import Camera, Pose
 
 MAX_LATERAL = 2.0
@@ -41,9 +41,7 @@ SIZES = {
 
 
 def get_size(name: str) -> SizePreset:
-    if name not in SIZES:
-        raise RegistryError("size", name, list(SIZES))
-    return SIZES[name]
+    return lookup(SIZES, "size", name)
 
 
 @dataclass
