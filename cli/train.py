@@ -75,16 +75,19 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
 @click.option("--streets", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="A SynthSeasons street (locseg synth --split train); repeat for several.")
 @run_options(RetrievalConfig(), lr_help="AdamW learning rate.", lr_default=RetrievalConfig().lr, min_iterations=0)
-@click.option("--freeze-backbone", is_flag=True, help="Train the NetVLAD layer only.")
+@click.option("--freeze-backbone", is_flag=True,
+              help="Train the NetVLAD layer only, on local features computed once per image.")
+@click.option("--cache-positions", type=click.IntRange(min=1), default=RetrievalConfig().cache_positions,
+              show_default=True, help="With --freeze-backbone: locations of each image's map kept for training.")
 @click.option("--source", type=click.Choice(RETRIEVAL_SOURCES), default=RetrievalConfig().source, show_default=True,
               help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
-              max_side: int, freeze_backbone: bool, source: str, checkpoint_every: int, seed: int,
-              resume: bool) -> None:
+              max_side: int, freeze_backbone: bool, cache_positions: int, source: str, checkpoint_every: int,
+              seed: int, resume: bool) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
-                             freeze_backbone=freeze_backbone, source=source, checkpoint_every=checkpoint_every,
-                             seed=seed)
+                             freeze_backbone=freeze_backbone, cache_positions=cache_positions, source=source,
+                             checkpoint_every=checkpoint_every, seed=seed)
     with stage_progress() as progress:
         train_retrieval(streets, output, config, resume=resume,
                         progress=lambda stage, done, total, losses: progress(

@@ -12,6 +12,7 @@ from locseg.errors import InputError, RegistryError, ShapeError
 from locseg.geometry import Camera, Pose
 from locseg.localize.matching import (
     MatchingConfig,
+    fit_projection,
     match_sparse_to_dense,
     ratio_test_rank,
 )
@@ -23,11 +24,23 @@ def _unit_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Te
     return torch.nn.functional.normalize(torch.randn(channels, height, width, generator=g), dim=0)
 
 
+DENSE = MatchingConfig(method="dense")
+
+
+def _smooth_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A unit map that varies smoothly over the image, as hypercolumns do (the coarse
+    stage of coarse-to-fine matching relies on it)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, channels, height // 3 + 2, width // 3 + 2, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    return torch.nn.functional.normalize(smooth[0] + 0.05 * torch.randn(channels, height, width, generator=g), dim=0)
+
+
 def test_matches_land_on_the_cell_centres_of_their_source():
     query_map = _unit_map(64, 24, 32)
     cells = torch.tensor([[0, 0], [31, 23], [5, 17], [20, 3]])  # (x, y)
     descriptors = query_map[:, cells[:, 1], cells[:, 0]].T
-    found = match_sparse_to_dense(descriptors, query_map)
+    found = match_sparse_to_dense(descriptors, query_map, DENSE)
     assert torch.equal(found.uv, cells.float() * 4 + 2)
     assert found.keep.all()
     assert torch.allclose(found.score, torch.ones(4))
@@ -37,16 +50,72 @@ def test_ratio_test_rejects_a_descriptor_that_matches_a_whole_region_equally():
     query_map = _unit_map(16, 20, 20)
     query_map[:, :10, :10] = query_map[:, 0, 0, None, None]  # a flat 10x10 block: 100 equal peaks
     descriptors = torch.stack([query_map[:, 0, 0], query_map[:, 15, 15]])
-    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(factor=0.05))  # k = 20 < 100
+    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method="dense", factor=0.05))  # k=20
     assert found.keep.tolist() == [False, True]
 
 
 def test_chunking_does_not_change_the_matches():
     query_map = _unit_map(32, 12, 16, seed=1)
     descriptors = torch.nn.functional.normalize(torch.randn(50, 32), dim=1)
-    whole = match_sparse_to_dense(descriptors, query_map)
-    chunked = match_sparse_to_dense(descriptors, query_map, MatchingConfig(chunk=7))
+    whole = match_sparse_to_dense(descriptors, query_map, DENSE)
+    chunked = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method="dense", chunk=7))
     assert torch.equal(whole.uv, chunked.uv) and torch.equal(whole.keep, chunked.keep)
+
+
+@pytest.mark.parametrize("size", [(24, 32), (23, 30)])   # the second leaves partial border blocks
+def test_coarse_to_fine_finds_the_dense_peak_on_a_smooth_map(size):
+    height, width = size
+    query_map = _smooth_map(64, height, width)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    cells = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)[::7]     # every 7th cell, borders included
+    descriptors = query_map[:, cells[:, 1], cells[:, 0]].T
+    descriptors = torch.nn.functional.normalize(descriptors + 0.01 * torch.randn(descriptors.shape), dim=1)
+    dense = match_sparse_to_dense(descriptors, query_map, DENSE)
+    fast = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=3))
+    agree = (fast.uv == dense.uv).all(dim=1).float().mean()
+    assert agree > 0.97, f"coarse-to-fine agrees with dense on {agree:.1%} of the descriptors"
+    assert torch.equal(fast.uv[fast.uv.eq(dense.uv).all(1)], cells[fast.uv.eq(dense.uv).all(1)].float() * 4 + 2)
+    assert fast.uv[:, 0].max() < width * 4 and fast.uv[:, 1].max() < height * 4   # never a padding cell
+
+
+def test_coarse_to_fine_score_is_the_full_dimension_similarity():
+    query_map = _smooth_map(32, 16, 16, seed=2)
+    descriptors = torch.nn.functional.normalize(torch.randn(40, 32), dim=1)
+    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=1))
+    cells = ((found.uv - 2) / 4).long()
+    expected = (descriptors * query_map[:, cells[:, 1], cells[:, 0]].T).sum(1)
+    assert torch.allclose(found.score, expected, atol=1e-6)
+
+
+def test_coarse_ratio_test_rejects_a_descriptor_that_matches_many_blocks_equally():
+    query_map = _smooth_map(16, 32, 32, seed=3)
+    query_map[:, :16, :16] = query_map[:, 0, 0, None, None]   # 16 equal blocks of 4x4 cells
+    descriptors = torch.stack([query_map[:, 0, 0], query_map[:, 25, 25]])
+    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(coarse_rank=8))
+    assert found.keep.tolist() == [False, True]
+
+
+def test_projection_keeps_the_dot_products_of_a_low_rank_sample():
+    g = torch.Generator().manual_seed(4)
+    basis = torch.linalg.qr(torch.randn(20, 3, generator=g))[0]
+    sample = torch.randn(100, 3, generator=g) @ basis.T
+    projection = fit_projection(sample, 3)
+    assert torch.allclose(projection.T @ projection, torch.eye(3), atol=1e-5)
+    projected = sample @ projection
+    assert torch.allclose(projected @ projected.T, sample @ sample.T, atol=1e-4)
+    assert torch.allclose(fit_projection(sample.flip(0), 3), projection, atol=1e-5)   # sign convention
+
+
+def test_a_projection_spanning_the_map_changes_nothing():
+    g = torch.Generator().manual_seed(5)
+    basis = torch.linalg.qr(torch.randn(48, 8, generator=g))[0]                   # (48, 8)
+    query_map = torch.einsum("cd,dhw->chw", basis, _smooth_map(8, 24, 24, seed=5))
+    descriptors = torch.nn.functional.normalize(query_map[:, ::5, ::5].reshape(48, -1).T
+                                                + 0.05 * (torch.randn(25, 8, generator=g) @ basis.T), dim=1)
+    full = match_sparse_to_dense(descriptors, query_map)
+    projected = match_sparse_to_dense(descriptors, query_map, projection=fit_projection(descriptors, 8))
+    assert torch.equal(full.uv, projected.uv) and torch.equal(full.keep, projected.keep)
+    assert torch.allclose(full.score, projected.score)
 
 
 def test_ratio_test_rank_follows_the_factor():
@@ -59,6 +128,12 @@ def test_matching_checks_shapes_and_settings():
         match_sparse_to_dense(torch.zeros(3, 8), torch.zeros(16, 4, 4))
     with pytest.raises(InputError):
         MatchingConfig(ratio=1.5)
+    with pytest.raises(RegistryError, match="coarse-to-fine"):
+        MatchingConfig(method="exhaustive")
+    with pytest.raises(InputError, match="candidates"):
+        MatchingConfig(candidates=0)
+    with pytest.raises(ShapeError):
+        match_sparse_to_dense(torch.zeros(3, 16), torch.zeros(16, 4, 4), projection=torch.zeros(8, 4))
 
 
 def _scene(camera: Camera, count: int, outliers: float, seed: int = 0):

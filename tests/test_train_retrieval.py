@@ -13,10 +13,12 @@ from locseg.evaluate import retrieval as retrieval_eval
 from locseg.io.poses import read_poses
 from locseg.train.checkpoint import load_checkpoint
 from locseg.train.retrieval import (
+    LocalFeatureCache,
     PlaceImages,
     RetrievalConfig,
     RetrievalModel,
     build_model,
+    load_input,
     train_retrieval,
     triplet_loss,
 )
@@ -61,6 +63,40 @@ def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
     for name, value in model.state_dict().items():
         if not name.startswith("whitening"):
             torch.testing.assert_close(value, straight.model_state[name])
+
+
+def test_a_cache_of_every_location_pools_to_the_whole_map_descriptor(small_street):
+    places = PlaceImages.from_streets([small_street])
+    config = dataclasses.replace(FAST, source="hypercolumns", freeze_backbone=True)
+    model = build_model(config, places).eval()
+    images = [0, 5, 11]
+    cache = LocalFeatureCache.build(model, [places.paths[i] for i in images], config.max_side, 10**6, seed=0)
+    with torch.no_grad():
+        whole = torch.cat([model(load_input(places.paths[i], config.max_side)[None], whiten=False) for i in images])
+        cached = model.netvlad(cache.maps(range(len(images))))
+    torch.testing.assert_close(cached, whole, rtol=0, atol=2e-3)    # the cache holds float16
+    sampled = LocalFeatureCache.build(model, [places.paths[i] for i in images], config.max_side, 50, seed=0)
+    assert sampled.samples.shape == (3, 50, model.netvlad.dim)
+    with pytest.raises(InputError, match="cache_positions"):
+        LocalFeatureCache.build(model, places.paths[:1], config.max_side, 0, seed=0)
+
+
+def test_frozen_training_uses_the_cache_resumes_exactly_and_keeps_the_backbone(small_street, tmp_path):
+    config = dataclasses.replace(FAST, source="hypercolumns", freeze_backbone=True, cache_positions=64)
+    straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", config))
+    partial = tmp_path / "partial.pt"
+    train_retrieval([small_street], partial, dataclasses.replace(config, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3
+    torch.save(checkpoint, partial)
+    resumed = load_checkpoint(train_retrieval([small_street], partial, config, resume=True))
+    assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
+    initial = build_model(config, PlaceImages.from_streets([small_street]))
+    for name, value in initial.backbone.state_dict().items():
+        torch.testing.assert_close(straight.model_state[f"backbone.{name}"], value, rtol=0, atol=0)
+    moved = [name for name in ("netvlad.centroids", "netvlad.assign.weight")
+             if not torch.equal(straight.model_state[name], initial.state_dict()[name])]
+    assert moved, "three steps should move the NetVLAD layer"
 
 
 def test_recall_counts_a_reference_near_the_true_pose(small_street, monkeypatch):

@@ -45,7 +45,7 @@ from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.preprocess import load_image, prepare_image
 from ..store import FeatureStore, model_id
-from .matching import MatchingConfig, match_sparse_to_dense
+from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
 from .pnp import PnPConfig, estimate_pose
 from .reference import ReferenceMap
 from .refine import RefineConfig, refine_pose
@@ -61,6 +61,7 @@ Progress = Callable[[str, int, int], None]
 DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-interim"
 DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-interim"
 OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
+PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-matching subspace
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,11 @@ class Localizer:
         self.global_descriptors = torch.from_numpy(np.stack(
             [store.get_global(models.global_id, n) for n in names])).double()
         self.whitening = fit_whitening(self.global_descriptors, config.whitening_dim)
+        self.projection = None
+        if config.matching.method == "coarse-to-fine":
+            sample = np.concatenate([store.get_sparse(models.sparse_id, n).descriptors[::PROJECTION_SAMPLE_STEP]
+                                     for n in names])
+            self.projection = fit_projection(torch.from_numpy(sample), config.matching.projection_dim)
 
     def localize(self, name: str, image: torch.Tensor, camera: Camera) -> QueryResult:
         """Localize one query: its (3, H, W) float image in [0, 1] and its camera at that size."""
@@ -260,17 +266,21 @@ class Localizer:
         timing["retrieval"] = time.perf_counter() - clock
 
         scale = 1.0 / _input_scale(camera, net_input).double()
+        clock = time.perf_counter()
+        sparse = [self.store.get_sparse(self.models.sparse_id, ref_name) for ref_name in retrieved]
+        found = match_sparse_to_dense(torch.from_numpy(np.concatenate([s.descriptors for s in sparse])), dense,
+                                      self.config.matching, self.projection)   # all references at once
+        timing["matching"] = time.perf_counter() - clock
+        timing["pnp"] = 0.0
         best: Hypothesis | None = None
         matches, inliers = [], []
-        timing["matching"] = timing["pnp"] = 0.0
-        for ref_name in retrieved:
-            clock = time.perf_counter()
-            sparse = self.store.get_sparse(self.models.sparse_id, ref_name)
-            found = match_sparse_to_dense(torch.from_numpy(sparse.descriptors), dense, self.config.matching)
-            keep = found.keep.numpy()
-            points2D = (found.uv[found.keep].double() * scale).numpy()
-            points3D = self.reference.points(sparse.point3D_ids[keep])
-            timing["matching"] += time.perf_counter() - clock
+        start = 0
+        for ref_name, ref in zip(retrieved, sparse):
+            ref_found = found[start:start + len(ref.point3D_ids)]
+            start += len(ref.point3D_ids)
+            keep = ref_found.keep.numpy()
+            points2D = (ref_found.uv[ref_found.keep].double() * scale).numpy()
+            points3D = self.reference.points(ref.point3D_ids[keep])
 
             clock = time.perf_counter()
             result = estimate_pose(points2D, points3D, camera, self.config.pnp)
@@ -279,7 +289,7 @@ class Localizer:
             inliers.append(result.num_inliers)
             if result.pose is not None and (best is None or result.num_inliers > len(best.points3D)):
                 best = Hypothesis(ref_name, result.pose, points3D[result.inliers],
-                                  sparse.descriptors[keep][result.inliers])
+                                  ref.descriptors[keep][result.inliers])
         return Search(retrieved, matches, inliers, best, dense, net_camera, timing)
 
 
@@ -309,7 +319,7 @@ def refine_hypothesis(search: Search, config: RefineConfig) -> tuple[Pose, dict]
     if best is None:
         raise InputError("nothing to refine: no reference gave a PnP pose")
     result = refine_pose(best.pose.double(), search.net_camera.double(), torch.from_numpy(best.points3D),
-                         torch.from_numpy(best.descriptors.astype(np.float64)), search.dense.double(),
+                         torch.from_numpy(best.descriptors.astype(np.float64)), search.dense,
                          config=config)
     summary = {
         "cost_initial": float(result.cost_initial), "cost_final": float(result.cost_final),

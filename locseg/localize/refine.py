@@ -91,6 +91,9 @@ class RefineConfig:
             (radians and scene units).
         gradient_tolerance: stop when the gradient of the mean cost per point has
             ``max |g| <`` this.
+        cost_tolerance: stop when an accepted step lowers the cost by less than this
+            fraction of it (0: never); spares the run of ever smaller steps and
+            rejections that ends most refinements at no gain in accuracy.
         min_points: fewer valid points than this and a problem is not refined.
         max_translation: largest plausible move of the camera centre (scene units, m).
         max_rotation_deg: largest plausible rotation, degrees.
@@ -109,6 +112,7 @@ class RefineConfig:
     lambda_max: float = 1e2
     step_tolerance: float = 1e-7
     gradient_tolerance: float = 1e-10
+    cost_tolerance: float = 1e-4
     min_points: int = 6
     max_translation: float = 2.0
     max_rotation_deg: float = 10.0
@@ -131,7 +135,7 @@ class RefineConfig:
                              f"{self.lambda_min}, {self.lambda_init}, {self.lambda_max}")
         if not self.lambda_factor > 1:
             raise InputError(f"lambda_factor must be > 1, got {self.lambda_factor}")
-        for name in ("step_tolerance", "gradient_tolerance"):
+        for name in ("step_tolerance", "gradient_tolerance", "cost_tolerance"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_rotation_deg > 180:
@@ -340,7 +344,7 @@ def _damped_solve(hessian: torch.Tensor, gradient: torch.Tensor,
     return torch.where(ok[:, None], delta, 0), ok
 
 
-_RUNNING, _SMALL_STEP, _SMALL_GRADIENT, _STALLED, _NO_STEP, _SKIPPED, _TOO_FAR = range(7)
+_RUNNING, _SMALL_STEP, _SMALL_GRADIENT, _STALLED, _NO_STEP, _SKIPPED, _TOO_FAR, _SMALL_DECREASE = range(8)
 _STATUS = {
     _RUNNING: "stopped: maximum iterations",
     _SMALL_STEP: "converged (small step)",
@@ -349,6 +353,7 @@ _STATUS = {
     _NO_STEP: "stopped: the damped system has no finite solution",
     _SKIPPED: "not refined",
     _TOO_FAR: "stopped: moved beyond the plausible region",
+    _SMALL_DECREASE: "converged (small decrease)",
 }
 
 
@@ -380,7 +385,8 @@ def _levenberg_marquardt(T: Pose, evaluate: Evaluate, config: RefineConfig, acti
         candidate_T = Pose.exp(delta) @ T
         candidate = evaluate(candidate_T)
         common = current.valid & candidate.valid
-        decreased = (candidate.cost * common).sum(-1) < (current.cost * common).sum(-1)
+        cost_before, cost_after = (current.cost * common).sum(-1), (candidate.cost * common).sum(-1)
+        decreased = cost_after < cost_before
         accept = active & decreased & (candidate.num_valid >= config.min_points)
         T = Pose(torch.where(accept[:, None], candidate_T.data, T.data))
         current = _select(accept, candidate, current)
@@ -389,16 +395,19 @@ def _levenberg_marquardt(T: Pose, evaluate: Evaluate, config: RefineConfig, acti
         lam = lam.clamp(config.lambda_min, config.lambda_max)
         iterations = iterations + active.long()
         small = accept & (delta.abs().amax(-1) < config.step_tolerance)
+        flat_cost = accept & ~small & (cost_before - cost_after < config.cost_tolerance * cost_before)
         dt, dR = T.error(T_start)
         away = accept & ((dt > config.max_translation) | (dR > config.max_rotation_deg))
         status = torch.where(small, _SMALL_STEP, torch.where(stalled, _STALLED, status))
+        status = torch.where(flat_cost, _SMALL_DECREASE, status)
         status = torch.where(away, _TOO_FAR, status)
-        active = active & ~small & ~stalled & ~away
+        active = active & ~small & ~stalled & ~flat_cost & ~away
     return T, iterations, status
 
 
 def _converged(status: torch.Tensor) -> torch.Tensor:
-    return (status == _SMALL_STEP) | (status == _SMALL_GRADIENT) | (status == _STALLED)
+    return ((status == _SMALL_STEP) | (status == _SMALL_GRADIENT) | (status == _STALLED)
+            | (status == _SMALL_DECREASE))
 
 
 def _select(mask: torch.Tensor, a: _Evaluation, b: _Evaluation) -> _Evaluation:

@@ -12,6 +12,13 @@ distances). Candidates are ranked without gradients, and only the chosen images 
 through the network with gradients. The backbone is trained with
 the NetVLAD layer unless ``freeze_backbone``.
 
+With the backbone frozen, an image's local map never changes, so it is computed once:
+``LocalFeatureCache`` keeps a seeded sample of ``cache_positions`` locations of every
+training image's map, and each step pools those samples through the NetVLAD layer
+alone. A step then costs milliseconds instead of 15 backbone passes, and the pooled
+sample is an unbiased stand-in for the whole map (NetVLAD sums over locations, and
+the normalisations that follow remove the scale).
+
 Checkpoints, ``resume`` and exported weights follow finetune-features: the
 checkpoint at ``output``, and ``output`` with the suffix ``.safetensors`` holding
 ``backbone.*`` and ``netvlad.*`` tensors.
@@ -100,6 +107,7 @@ class RetrievalConfig:
     positive_angle: float = 30.0     # degrees of heading
     negative_radius: float = 25.0    # metres
     freeze_backbone: bool = False
+    cache_positions: int = 1024      # locations per image kept when the backbone is frozen
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -179,6 +187,42 @@ def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten
             if progress:
                 progress("describe", done + 1, len(paths))
     return torch.stack(out)
+
+
+class LocalFeatureCache:
+    """A fixed sample of each image's local map, for training NetVLAD on a frozen backbone.
+
+    Attributes:
+        samples: (N, P, D) float16, ``P`` locations of image i's (D, h, w) map, drawn
+            without replacement by a generator seeded with ``(seed, i)``.
+    """
+
+    def __init__(self, samples: torch.Tensor):
+        self.samples = samples
+
+    @classmethod
+    def build(cls, model: RetrievalModel, paths: Sequence[Path], max_side: int, positions: int, seed: int,
+              progress: Callable[[str, int, int], None] | None = None) -> "LocalFeatureCache":
+        if positions < 1:
+            raise InputError(f"cache_positions must be at least 1, got {positions}")
+        model.eval()
+        samples = []
+        with torch.inference_mode():
+            for i, path in enumerate(paths):
+                local = model.local_features(load_input(path, max_side)[None])[0].flatten(1)   # (D, h w)
+                rng = np.random.default_rng([seed, i])
+                chosen = rng.choice(local.shape[1], min(positions, local.shape[1]), replace=False)
+                samples.append(local[:, torch.from_numpy(np.sort(chosen))].T.half())
+                if progress:
+                    progress("cache local features", i + 1, len(paths))
+        if len({tuple(x.shape) for x in samples}) > 1:
+            raise InputError(f"images give maps of different sizes; cache_positions {positions} must not exceed "
+                             "the smallest map's locations")
+        return cls(torch.stack(samples))
+
+    def maps(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, D, P, 1) float32 maps of the images ``indices``, as NetVLAD takes them."""
+        return self.samples[list(indices)].float().transpose(1, 2)[..., None]
 
 
 def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: bool = False) -> RetrievalModel:
@@ -265,8 +309,19 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         raise InputError("no image has both a positive in another traversal and a negative farther than "
                          f"{config.negative_radius} m; check positive_radius, positive_angle and negative_radius")
     model = build_model(config, places)
+    cache = None
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
+        cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,
+                                        progress=(lambda stage, done, total: progress(stage, done, total, {}))
+                                        if progress else None)
+
+    def describe_images(indices: Sequence[int]) -> torch.Tensor:
+        """(B, K D) unwhitened descriptors of training images."""
+        if cache is not None:
+            return model.netvlad(cache.maps(indices))
+        return torch.cat([model(load_input(places.paths[i], config.max_side)[None], whiten=False)
+                          for i in indices])
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
@@ -280,15 +335,15 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         positives = pick(places.positives(anchor, config.positive_radius, config.positive_angle),
                          config.positive_candidates)
         negatives = pick(places.negatives(anchor, config.negative_radius), config.negative_candidates)
-        images = {i: load_input(places.paths[i], config.max_side) for i in [anchor, *positives, *negatives]}
+        candidates = [anchor, *positives, *negatives]
         with torch.no_grad():  # the closest positive and the hardest negatives, as the model sees them now
             model.eval()
-            found = {i: model(image[None], whiten=False)[0] for i, image in images.items()}
+            found = dict(zip(candidates, describe_images(candidates)))
             best = int(min(positives, key=lambda i: float((found[i] - found[anchor]).norm())))
             hardest = sorted(negatives, key=lambda i: float((found[i] - found[anchor]).norm()))
             hardest = hardest[: config.hardest_negatives]
         model.train()
-        chosen = torch.cat([model(images[i][None], whiten=False) for i in [anchor, best, *hardest]])
+        chosen = describe_images([anchor, best, *hardest])
         loss = triplet_loss(chosen[0], chosen[1], chosen[2:], config.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
