@@ -24,7 +24,7 @@ def _unit_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Te
     return torch.nn.functional.normalize(torch.randn(channels, height, width, generator=g), dim=0)
 
 
-DENSE = MatchingConfig(method="dense")
+DENSE = MatchingConfig(method="dense", subcell=False)
 
 
 def _smooth_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -58,7 +58,7 @@ def test_chunking_does_not_change_the_matches():
     query_map = _unit_map(32, 12, 16, seed=1)
     descriptors = torch.nn.functional.normalize(torch.randn(50, 32), dim=1)
     whole = match_sparse_to_dense(descriptors, query_map, DENSE)
-    chunked = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method="dense", chunk=7))
+    chunked = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method="dense", chunk=7, subcell=False))
     assert torch.equal(whole.uv, chunked.uv) and torch.equal(whole.keep, chunked.keep)
 
 
@@ -71,7 +71,7 @@ def test_coarse_to_fine_finds_the_dense_peak_on_a_smooth_map(size):
     descriptors = query_map[:, cells[:, 1], cells[:, 0]].T
     descriptors = torch.nn.functional.normalize(descriptors + 0.01 * torch.randn(descriptors.shape), dim=1)
     dense = match_sparse_to_dense(descriptors, query_map, DENSE)
-    fast = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=3))
+    fast = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=3, subcell=False))
     agree = (fast.uv == dense.uv).all(dim=1).float().mean()
     assert agree > 0.97, f"coarse-to-fine agrees with dense on {agree:.1%} of the descriptors"
     assert torch.equal(fast.uv[fast.uv.eq(dense.uv).all(1)], cells[fast.uv.eq(dense.uv).all(1)].float() * 4 + 2)
@@ -81,7 +81,7 @@ def test_coarse_to_fine_finds_the_dense_peak_on_a_smooth_map(size):
 def test_coarse_to_fine_score_is_the_full_dimension_similarity():
     query_map = _smooth_map(32, 16, 16, seed=2)
     descriptors = torch.nn.functional.normalize(torch.randn(40, 32), dim=1)
-    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=1))
+    found = match_sparse_to_dense(descriptors, query_map, MatchingConfig(candidates=1, subcell=False))
     cells = ((found.uv - 2) / 4).long()
     expected = (descriptors * query_map[:, cells[:, 1], cells[:, 0]].T).sum(1)
     assert torch.allclose(found.score, expected, atol=1e-6)
@@ -116,6 +116,38 @@ def test_a_projection_spanning_the_map_changes_nothing():
     projected = match_sparse_to_dense(descriptors, query_map, projection=fit_projection(descriptors, 8))
     assert torch.equal(full.uv, projected.uv) and torch.equal(full.keep, projected.keep)
     assert torch.allclose(full.score, projected.score)
+
+
+def _wave_map(height: int, width: int, channels: int = 32, seed: int = 6):
+    """Unit hypercolumns of a smooth analytic field: f(u, v) = normalise(cos(a·u + b·v + φ)),
+    wavelengths of 6 to 20 cells; returns the field and its map sampled at the cell centres."""
+    g = torch.Generator().manual_seed(seed)
+    frequency = (2 * math.pi / (4 * (6 + 14 * torch.rand(channels, generator=g))))[:, None] * torch.nn.functional.normalize(
+        torch.randn(channels, 2, generator=g), dim=1)
+    phase = 2 * math.pi * torch.rand(channels, generator=g)
+
+    def field(uv: torch.Tensor) -> torch.Tensor:   # (N, 2) pixels -> (N, C)
+        return torch.nn.functional.normalize(torch.cos(uv.double() @ frequency.double().T + phase.double()), dim=1)
+
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    centres = torch.stack([xs, ys], -1).reshape(-1, 2) * 4.0 + 2
+    return field, field(centres).float().T.reshape(channels, height, width)
+
+
+@pytest.mark.parametrize("method", ["dense", "coarse-to-fine"])
+def test_subcell_peaks_are_closer_to_the_true_position_than_cell_centres(method):
+    field, query_map = _wave_map(24, 32)
+    g = torch.Generator().manual_seed(7)
+    truth = torch.stack([8 + 112 * torch.rand(200, generator=g), 8 + 80 * torch.rand(200, generator=g)], 1)
+    descriptors = field(truth).float()
+    centre = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio=1.0, subcell=False))
+    subcell = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio=1.0))
+    ok = (centre.uv - truth).abs().amax(dim=1) <= 2    # the peak is in the true cell (ratio 1 keeps all)
+    assert ok.sum() > 100
+    error_centre = (centre.uv - truth)[ok].norm(dim=1).mean()
+    error_subcell = (subcell.uv - truth)[ok].norm(dim=1).mean()
+    assert error_subcell < 0.5 * error_centre, (float(error_subcell), float(error_centre))
+    assert ((subcell.uv - centre.uv).abs() <= 2 + 1e-6).all()                 # within half a cell
 
 
 def test_ratio_test_rank_follows_the_factor():

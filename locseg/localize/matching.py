@@ -48,6 +48,8 @@ class MatchingConfig:
         candidates: ``"coarse-to-fine"``: best coarse blocks searched at full resolution.
         coarse_rank: ``"coarse-to-fine"``: rank of the coarse similarity the peak must reach.
         projection_dim: ``"coarse-to-fine"``: dimension of the coarse correlation.
+        subcell: place kept matches at the sub-cell peak (``subcell_offsets``) rather
+            than at the cell centre.
     """
 
     method: str = "coarse-to-fine"
@@ -58,6 +60,7 @@ class MatchingConfig:
     candidates: int = 2
     coarse_rank: int = 4
     projection_dim: int = 64
+    subcell: bool = True
 
     def __post_init__(self) -> None:
         lookup(dict.fromkeys(MATCHING_METHODS), "matching method", self.method)
@@ -147,10 +150,16 @@ def _cells_to_uv(cells: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([cells % width, cells // width], dim=1).float() * STRIDE + STRIDE / 2
 
 
+def _cell_rows(query_map: torch.Tensor) -> torch.Tensor:
+    """(h w, C) the map's hypercolumns, one row per cell in row-major order (a view when
+    the map is channels-last, as ``Hypercolumns.dense`` makes it)."""
+    return query_map.permute(1, 2, 0).reshape(-1, query_map.shape[0])
+
+
 def _match_dense(descriptors: torch.Tensor, query_map: torch.Tensor, config: MatchingConfig) -> DenseMatches:
-    channels, height, width = query_map.shape
+    _, height, width = query_map.shape
     k = ratio_test_rank(height, width, config.factor)
-    flat = query_map.reshape(channels, -1)
+    flat = _cell_rows(query_map).T
     scores, cells, keeps = [], [], []
     for start in range(0, descriptors.shape[0], config.chunk):
         similarity = descriptors[start:start + config.chunk] @ flat     # (n, h w)
@@ -159,7 +168,7 @@ def _match_dense(descriptors: torch.Tensor, query_map: torch.Tensor, config: Mat
         scores.append(best)
         cells.append(top.indices[:, 0])
         keeps.append(config.ratio ** 2 * best >= kth)
-    return DenseMatches(_cells_to_uv(torch.cat(cells), width), torch.cat(scores), torch.cat(keeps))
+    return _matches(descriptors, query_map, torch.cat(cells), torch.cat(scores), torch.cat(keeps), config)
 
 
 def _block_cells(height: int, width: int, pool: int) -> torch.Tensor:
@@ -197,13 +206,13 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
     pairs = candidates.reshape(-1)
     order = pairs.argsort()
     block_ids, counts = torch.unique_consecutive(pairs[order], return_counts=True)
-    columns = query_map.reshape(channels, -1)[:, blocks[block_ids].clamp_min(0).reshape(-1)]   # (C, U pool²)
+    block_rows = _cell_rows(query_map)[blocks[block_ids].clamp_min(0).reshape(-1)]        # (U pool², C)
     sorted_descriptors = descriptors[order // m]                                           # (n m, C)
     sorted_fine = torch.empty(n * m, cells_per_block)
     start = 0
     for u, count in enumerate(counts.tolist()):
         torch.matmul(sorted_descriptors[start:start + count],
-                     columns[:, u * cells_per_block:(u + 1) * cells_per_block],
+                     block_rows[u * cells_per_block:(u + 1) * cells_per_block].T,
                      out=sorted_fine[start:start + count])
         start += count
     fine = torch.empty_like(sorted_fine)
@@ -213,4 +222,42 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
     best, index = fine.max(dim=1)
     cells = blocks[candidates.gather(1, (index // (pool * pool))[:, None])[:, 0], index % (pool * pool)]
     keep = config.ratio ** 2 * best >= top.values[:, rank - 1]
-    return DenseMatches(_cells_to_uv(cells, width), best, keep)
+    return _matches(descriptors, query_map, cells, best, keep, config)
+
+
+def _matches(descriptors: torch.Tensor, query_map: torch.Tensor, cells: torch.Tensor, best: torch.Tensor,
+             keep: torch.Tensor, config: MatchingConfig) -> DenseMatches:
+    """The matches at their cells' centres, moved by ``subcell_offsets`` where kept."""
+    uv = _cells_to_uv(cells, query_map.shape[-1])
+    if config.subcell:
+        uv[keep] += subcell_offsets(descriptors[keep], query_map, cells[keep], best[keep]) * STRIDE
+    return DenseMatches(uv, best, keep)
+
+
+def subcell_offsets(descriptors: torch.Tensor, query_map: torch.Tensor, cells: torch.Tensor,
+                    peak: torch.Tensor) -> torch.Tensor:
+    """Sub-cell position of similarity peaks, by a parabola through each peak and its two
+    neighbours along each axis: ``(s₋ − s₊) / (2 (s₋ − 2 s₀ + s₊))``, within ±1/2 cell.
+
+    An axis on which a neighbour lies outside the map, or the three values are not
+    concave, keeps the cell centre.
+
+    Args:
+        descriptors: (N, C); query_map: (C, h, w); cells: (N,) flat peak cells;
+        peak: (N,) similarity at the peak cells.
+    Returns:
+        (N, 2) offsets in cells along (x, y).
+    """
+    _, height, width = query_map.shape
+    rows = _cell_rows(query_map)
+    x, y = cells % width, cells // width
+    offsets = torch.zeros(len(cells), 2)
+    for axis, (coordinate, size, step) in enumerate(((x, width, 1), (y, height, width))):
+        inside = (coordinate > 0) & (coordinate < size - 1)
+        before = (descriptors * rows[(cells - step).clamp(0, height * width - 1)]).sum(1)
+        after = (descriptors * rows[(cells + step).clamp(0, height * width - 1)]).sum(1)
+        curvature = before - 2 * peak + after
+        concave = inside & (curvature < 0)
+        offset = 0.5 * (before - after) / torch.where(concave, curvature, -1.0)
+        offsets[:, axis] = torch.where(concave, offset.clamp(-0.5, 0.5), 0.0)
+    return offsets

@@ -166,7 +166,8 @@ class Hypercolumns(nn.Module):
         Returns:
             (B, C, floor(H / 4), floor(W / 4)), unit L2 norm along C (a pixel
             whose activations are all zero stays zero); ``[..., y, x]`` is the
-            hypercolumn at COLMAP pixel ``(4 x + 2, 4 y + 2)``.
+            hypercolumn at COLMAP pixel ``(4 x + 2, 4 y + 2)``. The tensor is
+            channels-last in memory (``permute(0, 2, 3, 1)`` is contiguous).
         """
         height, width = images.shape[-2:] if images.ndim == 4 else (0, 0)
         if images.ndim == 4 and min(height, width) < STRIDE:
@@ -176,18 +177,20 @@ class Hypercolumns(nn.Module):
         b, h4, w4 = images.shape[0], height // STRIDE, width // STRIDE
         centers = grid_centers(h4, w4, dtype=images.dtype, device=images.device)
         centers = centers.reshape(1, -1, 2).expand(b, -1, -1)
-        parts = [self._on_grid(m, self.backbone.stride_entering(i), centers, h4, w4)
-                 for m, i in zip(maps, self.layers)]
-        return l2_normalize(torch.cat(parts, dim=1), dim=1).contiguous()
+        # assembled as (B, h4 w4, C), i.e. channels-last: the layout in which the localizer
+        # gathers a cell's hypercolumn and refinement samples the map, with no copy
+        columns = torch.cat([self._on_grid(m, self.backbone.stride_entering(i), centers, h4, w4)
+                             for m, i in zip(maps, self.layers)], dim=2)
+        columns = l2_normalize(columns, dim=2)
+        return columns.reshape(b, h4, w4, -1).permute(0, 3, 1, 2)
 
     @staticmethod
     def _on_grid(feature_map: torch.Tensor, stride: int, centers: torch.Tensor,
                  h4: int, w4: int) -> torch.Tensor:
-        """One layer's map resampled at the 1/4-grid centres; (B, C, h4, w4)."""
+        """One layer's map resampled at the 1/4-grid centres; (B, h4 w4, C) in row-major cell order."""
         if stride == STRIDE:  # the same cells already (both have floor(H / 4) rows)
-            return feature_map
-        b, c = feature_map.shape[:2]
-        return sample_feature_map(feature_map, centers, stride).transpose(1, 2).reshape(b, c, h4, w4)
+            return feature_map.flatten(2).transpose(1, 2)
+        return sample_feature_map(feature_map, centers, stride)
 
     def sparse(self, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """Hypercolumns at keypoints: ``sample(dense(images), keypoints, (W, H))``.
