@@ -79,14 +79,17 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
               help="Train the NetVLAD layer only, on local features computed once per image.")
 @click.option("--cache-positions", type=click.IntRange(min=1), default=RetrievalConfig().cache_positions,
               show_default=True, help="With --freeze-backbone: locations of each image's map kept for training.")
+@click.option("--negative-candidates", type=click.IntRange(min=1), default=RetrievalConfig().negative_candidates,
+              show_default=True, help="Random negatives ranked per step; the hardest of them are trained on.")
 @click.option("--source", type=click.Choice(RETRIEVAL_SOURCES), default=RetrievalConfig().source, show_default=True,
               help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
-              max_side: int, freeze_backbone: bool, cache_positions: int, source: str, checkpoint_every: int,
-              seed: int, resume: bool) -> None:
+              max_side: int, freeze_backbone: bool, cache_positions: int, negative_candidates: int, source: str,
+              checkpoint_every: int, seed: int, resume: bool) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
-                             freeze_backbone=freeze_backbone, cache_positions=cache_positions, source=source,
+                             freeze_backbone=freeze_backbone, cache_positions=cache_positions,
+                             negative_candidates=negative_candidates, source=source,
                              checkpoint_every=checkpoint_every, seed=seed)
     with stage_progress() as progress:
         train_retrieval(streets, output, config, resume=resume,

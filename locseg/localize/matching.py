@@ -183,12 +183,21 @@ def _block_cells(height: int, width: int, pool: int) -> torch.Tensor:
     return cells.reshape(-1, pool * pool)
 
 
+def _block_means(query_map: torch.Tensor, pool: int) -> torch.Tensor:
+    """(C, B) the mean hypercolumn of each ``pool × pool`` block, blocks in row-major order;
+    a border block of a map whose sides are not multiples of ``pool`` averages the cells it has."""
+    channels, height, width = query_map.shape
+    if height % pool or width % pool:
+        return F.avg_pool2d(query_map[None], pool, ceil_mode=True)[0].reshape(channels, -1)
+    rows = _cell_rows(query_map).reshape(height // pool, pool, width // pool, pool, channels)
+    return rows.mean(dim=(1, 3)).reshape(-1, channels).T
+
+
 def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, config: MatchingConfig,
                           projection: torch.Tensor | None) -> DenseMatches:
     channels, height, width = query_map.shape
     pool = config.pool
-    # coarse: block means (ceil_mode averages border blocks over their cells only)
-    coarse = F.avg_pool2d(query_map[None], pool, ceil_mode=True)[0].reshape(channels, -1)   # (C, B)
+    coarse = _block_means(query_map, pool)                                                 # (C, B)
     if projection is not None:
         coarse_similarity = (descriptors @ projection) @ (projection.T @ coarse)           # (N, B)
     else:
@@ -249,13 +258,14 @@ def subcell_offsets(descriptors: torch.Tensor, query_map: torch.Tensor, cells: t
         (N, 2) offsets in cells along (x, y).
     """
     _, height, width = query_map.shape
-    rows = _cell_rows(query_map)
     x, y = cells % width, cells // width
+    neighbours = torch.stack([cells - 1, cells + 1, cells - width, cells + width], dim=1)   # (N, 4)
+    rows = _cell_rows(query_map)[neighbours.clamp(0, height * width - 1)]                   # (N, 4, C)
+    before_x, after_x, before_y, after_y = torch.einsum("nc,nkc->kn", descriptors, rows)
     offsets = torch.zeros(len(cells), 2)
-    for axis, (coordinate, size, step) in enumerate(((x, width, 1), (y, height, width))):
+    for axis, (coordinate, size, before, after) in enumerate(((x, width, before_x, after_x),
+                                                              (y, height, before_y, after_y))):
         inside = (coordinate > 0) & (coordinate < size - 1)
-        before = (descriptors * rows[(cells - step).clamp(0, height * width - 1)]).sum(1)
-        after = (descriptors * rows[(cells + step).clamp(0, height * width - 1)]).sum(1)
         curvature = before - 2 * peak + after
         concave = inside & (curvature < 0)
         offset = 0.5 * (before - after) / torch.where(concave, curvature, -1.0)

@@ -241,8 +241,10 @@ class FeatureResiduals:
     """Feature residuals of B problems with N points and their Jacobian factors.
 
     Attributes:
-        residuals: (B, N, C) ``F_q(pi(T X_i)) - f_i``.
-        jacobian_features: (B, N, C, 2) dF/duv at the projections (pixels).
+        residuals: (B, N, C) ``F_q(pi(T X_i)) - f_i``, in the feature maps' dtype.
+        jacobian_features: (B, N, C, 2) dF/duv at the projections (pixels), in the
+            feature maps' dtype: the C-long products reduce to (B, N, 2, 2) and (B, N, 2)
+            there, and only those meet the geometry, in the poses' dtype.
         jacobian_pixels: (B, N, 2, 6) duv/ddelta for the left update ``exp(delta) @ T``.
         valid: (B, N) in front of the camera and inside the map.
     """
@@ -255,7 +257,7 @@ class FeatureResiduals:
     @property
     def jacobian(self) -> torch.Tensor:
         """(B, N, C, 6) the full residual Jacobian (for checks; LM uses the factors)."""
-        return self.jacobian_features @ self.jacobian_pixels
+        return self.jacobian_features.to(self.jacobian_pixels.dtype) @ self.jacobian_pixels
 
 
 class FeatureSampler(Protocol):
@@ -279,7 +281,7 @@ def feature_residuals(T_cam_from_world: Pose, camera: Camera, points: torch.Tens
         field: a ``FeatureField`` of the (B, C, h, w) query maps, or any object
             with the same ``sample(uv)``.
     Returns:
-        ``FeatureResiduals`` in the poses' dtype.
+        ``FeatureResiduals``: pixel Jacobians in the poses' dtype, features in the maps'.
     """
     dtype = T_cam_from_world.dtype
     camera = camera.to(dtype=dtype)
@@ -287,8 +289,7 @@ def feature_residuals(T_cam_from_world: Pose, camera: Camera, points: torch.Tens
     uv, in_front = camera.project(p_cam)
     J_pixels = camera.J_project(p_cam) @ left_perturbation_jacobian(p_cam)
     features, J_features, inside = field.sample(uv)
-    return FeatureResiduals(features.to(dtype) - descriptors.to(dtype), J_features.to(dtype),
-                            J_pixels, in_front & inside)
+    return FeatureResiduals(features - descriptors.to(features.dtype), J_features, J_pixels, in_front & inside)
 
 
 @dataclass(frozen=True)
@@ -312,13 +313,14 @@ Evaluate = Callable[[Pose], _Evaluation]
 def _normal_equations(res: FeatureResiduals, weights: torch.Tensor, loss: str,
                       scale: float) -> _Evaluation:
     valid = res.valid & (weights > 0)
-    s = (res.residuals**2).sum(-1)
+    J_f, J_p = res.jacobian_features, res.jacobian_pixels
+    dtype = J_p.dtype
+    s = (res.residuals**2).sum(-1).to(dtype)
     rho, d_rho = robust_cost(loss, s, scale)
     cost = torch.where(valid, weights * rho, 0)
     W = torch.where(valid, weights * d_rho, 0)
-    J_f, J_p = res.jacobian_features, res.jacobian_pixels
-    gram = J_f.transpose(-1, -2) @ J_f                                    # (B, N, 2, 2)
-    J_f_r = (J_f.transpose(-1, -2) @ res.residuals[..., None])[..., 0]   # (B, N, 2)
+    gram = (J_f.transpose(-1, -2) @ J_f).to(dtype)                                    # (B, N, 2, 2)
+    J_f_r = (J_f.transpose(-1, -2) @ res.residuals[..., None])[..., 0].to(dtype)     # (B, N, 2)
     hessian = torch.einsum("bnki,bnkl,bnlj,bn->bij", J_p, gram, J_p, W)
     gradient = torch.einsum("bnki,bnk,bn->bi", J_p, J_f_r, W)
     return _Evaluation(cost, valid, hessian, gradient, W * s)
@@ -480,8 +482,8 @@ def _refine(T_init: Pose, camera: Camera, points: torch.Tensor, descriptors: tor
             feature_maps: torch.Tensor, weights: torch.Tensor, config: RefineConfig) -> RefineResult:
     dtype = torch.promote_types(T_init.dtype, feature_maps.dtype)
     T_init = T_init.to(dtype)
-    camera, points, descriptors = camera.to(dtype=dtype), points.to(dtype), descriptors.to(dtype)
-    weights = weights.to(dtype)
+    camera, points = camera.to(dtype=dtype), points.to(dtype)
+    descriptors, weights = descriptors.to(feature_maps.dtype), weights.to(dtype)
     field = feature_field(feature_maps, config.gradient_operator)
     C = field.channels
     if any(stop > C for _, stop in config.levels):
