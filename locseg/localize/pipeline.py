@@ -31,7 +31,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,7 @@ class LocalizeConfig:
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
     matching: MatchingConfig = field(default_factory=MatchingConfig)
-    pnp: PnPConfig = field(default_factory=PnPConfig)
+    pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: RANSAC poses as they are
 
     def __post_init__(self) -> None:
@@ -266,6 +266,8 @@ class Localizer:
         timing["retrieval"] = time.perf_counter() - clock
 
         scale = 1.0 / _input_scale(camera, net_input).double()
+        # the PnP threshold is in network-input pixels, like the matches' grid
+        pnp = replace(self.config.pnp, max_error=self.config.pnp.max_error * float(scale.max()))
         clock = time.perf_counter()
         sparse = [self.store.get_sparse(self.models.sparse_id, ref_name) for ref_name in retrieved]
         found = match_sparse_to_dense(torch.from_numpy(np.concatenate([s.descriptors for s in sparse])), dense,
@@ -283,7 +285,7 @@ class Localizer:
             points3D = self.reference.points(ref.point3D_ids[keep])
 
             clock = time.perf_counter()
-            result = estimate_pose(points2D, points3D, camera, self.config.pnp)
+            result = estimate_pose(points2D, points3D, camera, pnp)
             timing["pnp"] += time.perf_counter() - clock
             matches.append(int(keep.sum()))
             inliers.append(result.num_inliers)

@@ -21,7 +21,13 @@ from ..geometry import Camera, Pose
 
 @dataclass(frozen=True)
 class PnPConfig:
-    """RANSAC-PnP settings (S2DHM: 12 px, 12 inliers).
+    """RANSAC-PnP settings.
+
+    ``max_error`` 6 px suits matches on a 4-px hypercolumn grid placed at sub-cell
+    peaks (S2DHM used 12 px at its own resolution); 6 and 8 px both localized a
+    training street's queries at least as well as 12 (benchmarks/RESULTS.md). The
+    localizer states it in pixels of the network input and scales it to the query's
+    resolution.
 
     ``max_iterations`` 1000 bounds the time spent on a retrieved reference that shares
     little with the query: at 0.9999 confidence RANSAC asks for ~9000 P3P samples at
@@ -30,7 +36,7 @@ class PnPConfig:
     """
 
     estimator: str = "poselib"
-    max_error: float = 12.0
+    max_error: float = 6.0
     min_inliers: int = 12
     min_iterations: int = 100
     max_iterations: int = 1000
