@@ -14,6 +14,7 @@ from locseg.io.localize_log import read_failed_queries
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.feature_gradients import GRADIENT_OPERATORS
+from locseg.localize.matching import MATCHING_METHODS, MatchingConfig
 from locseg.localize.pipeline import LocalizeConfig
 from locseg.localize.pipeline import localize as run_localize
 from locseg.localize.pnp import ESTIMATORS, PnPConfig
@@ -50,6 +51,8 @@ _DEFAULTS = LocalizeConfig()
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_DEFAULTS.backbone, show_default=True)
+@click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
+              show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refine", is_flag=True, help="Keep the RANSAC-PnP poses (no feature-metric refinement).")
@@ -63,7 +66,8 @@ _DEFAULTS = LocalizeConfig()
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
-             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, estimator: str,
+             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, matching: str,
+             estimator: str,
              no_refine: bool, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None) -> None:
     """Localize query images against a reference map: retrieval, sparse-to-dense
@@ -88,7 +92,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         if missing:
             raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
         config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone, top_k=top_k,
-                                pnp=PnPConfig(estimator=estimator),
+                                matching=MatchingConfig(method=matching), pnp=PnPConfig(estimator=estimator),
                                 refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                            gradient_operator=refine_gradient))
         query_list = read_query_list(queries)   # a malformed list fails here, before any work
