@@ -38,6 +38,8 @@ _DEFAULTS = SegConfig()
 @click.option("--lambda", "correspondence_weight", type=click.FloatRange(min=0),
               default=_DEFAULTS.correspondence_weight, show_default=True,
               help="Weight of the correspondence loss; the total is scaled by 1/(1+lambda). 0: labels only.")
+@click.option("--margin", type=click.FloatRange(-1, 1), default=_DEFAULTS.margin, show_default=True,
+              help="Cosine margin m of the hinge losses, max(0, m - cos).")
 @click.option("--warmup", type=click.IntRange(min=0), default=_DEFAULTS.warmup, show_default=True,
               help="Steps on labels alone before the correspondence loss starts.")
 @click.option("--crop", type=click.IntRange(min=32), default=None,
@@ -49,13 +51,13 @@ _DEFAULTS = SegConfig()
               help="Steps between mIoU checks on held-out images (0: never); the best weights go to .best.safetensors.")
 def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, checkpoint_every: int, seed: int, resume: bool, backbone_mode: str,
-              correspondence_loss: str, correspondence_weight: float, warmup: int, crop: int | None,
+              correspondence_loss: str, correspondence_weight: float, margin: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
                        max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
-                       warmup=warmup, labels_per_condition=labels_per_condition,
+                       margin=margin, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
