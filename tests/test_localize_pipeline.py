@@ -145,3 +145,29 @@ def test_a_model_without_points_is_triangulated_first_and_says_so(run, tmp_path)
     evaluation = evaluate_poses(read_poses(tmp_path / "out" / "results.txt"),
                                 read_poses(street / "ground_truth" / "queries.txt"))
     assert json.loads(evaluation.to_json())["recall"]["all"][-1] >= 50.0
+
+
+def test_the_pnp_threshold_is_in_network_input_pixels(run, monkeypatch):
+    import locseg.localize.pipeline as pipeline
+    from locseg.models.preprocess import load_image, resize_image
+    from locseg.store import FeatureStore
+
+    street, reference, queries, out, _ = run
+    name, camera = queries[0]
+    image = load_image(street / "images" / name)
+    seen = []
+
+    def recording(points2D, points3D, query_camera, config):
+        seen.append((float(query_camera.size.max()), config.max_error))
+        return estimate(points2D, points3D, query_camera, config)
+
+    estimate = pipeline.estimate_pose
+    monkeypatch.setattr(pipeline, "estimate_pose", recording)
+    models = pipeline.Models.load(CONFIG)
+    with FeatureStore(out / "features.h5", mode="r") as store:
+        localizer = pipeline.Localizer(reference, models, store, CONFIG)
+        for side in (CONFIG.max_side, 2 * CONFIG.max_side):      # the network sees both at max_side
+            big, _ = resize_image(image, max_side=side, upsample=True)
+            localizer.search(big, camera.resize(big.shape[-1], big.shape[-2]))
+    assert seen[0] == (CONFIG.max_side, pytest.approx(CONFIG.pnp.max_error))
+    assert seen[-1] == (2 * CONFIG.max_side, pytest.approx(2 * CONFIG.pnp.max_error))
