@@ -34,7 +34,12 @@ from locseg.evaluate.pose import DEFAULT_THRESHOLDS, evaluate_poses
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.matching import MatchingConfig
-from locseg.localize.pipeline import LocalizeConfig, Localizer, Models, extract_reference_features
+from locseg.localize.pipeline import (
+    LocalizeConfig,
+    Localizer,
+    Models,
+    extract_reference_features,
+)
 from locseg.localize.pnp import PnPConfig
 from locseg.localize.reference import ReferenceMap
 from locseg.models.preprocess import load_image

@@ -48,11 +48,11 @@ def main() -> None:
         with torch.no_grad():
             reference, target = model(sample.image_a[None]), model(sample.image_b[None])
             keep = stationary(sample_feature_map(reference.logits, sample.points_a[None], reference.stride)[0])
-            for name in cosines:
+            for name, per_condition in cosines.items():
                 a = sample_feature_map(getattr(reference, name), sample.points_a[None], reference.stride)[0][keep]
                 b = sample_feature_map(getattr(target, name), sample.points_b[None], target.stride)[0][keep]
                 cosine = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)
-                cosines[name].setdefault(condition, []).append(cosine)
+                per_condition.setdefault(condition, []).append(cosine)
     for name, per_condition in cosines.items():
         print(f"{name}: percentiles {'/'.join(map(str, PERCENTILES))}, share below {args.margin}")
         rows = {c: torch.cat(v).numpy() for c, v in sorted(per_condition.items())}

@@ -148,7 +148,7 @@ def test_a_model_without_points_is_triangulated_first_and_says_so(run, tmp_path)
 
 
 def test_the_pnp_threshold_is_in_network_input_pixels(run, monkeypatch):
-    import locseg.localize.pipeline as pipeline
+    from locseg.localize import pipeline
     from locseg.models.preprocess import load_image, resize_image
     from locseg.store import FeatureStore
 

@@ -87,7 +87,7 @@ class DenseMatches:
     score: torch.Tensor
     keep: torch.Tensor
 
-    def __getitem__(self, rows: slice) -> "DenseMatches":
+    def __getitem__(self, rows: slice) -> DenseMatches:
         return DenseMatches(self.uv[rows], self.score[rows], self.keep[rows])
 
 
@@ -195,7 +195,7 @@ def _block_means(query_map: torch.Tensor, pool: int) -> torch.Tensor:
 
 def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, config: MatchingConfig,
                           projection: torch.Tensor | None) -> DenseMatches:
-    channels, height, width = query_map.shape
+    _, height, width = query_map.shape
     pool = config.pool
     coarse = _block_means(query_map, pool)                                                 # (C, B)
     if projection is not None:

@@ -140,7 +140,7 @@ class PlaceImages:
     forward: np.ndarray
 
     @staticmethod
-    def from_streets(streets: Sequence[str | Path]) -> "PlaceImages":
+    def from_streets(streets: Sequence[str | Path]) -> PlaceImages:
         paths, street, condition, centres, forward = [], [], [], [], []
         for index, root in enumerate(map(Path, streets)):
             poses: dict[str, Pose] = {}
@@ -202,7 +202,7 @@ class LocalFeatureCache:
 
     @classmethod
     def build(cls, model: RetrievalModel, paths: Sequence[Path], max_side: int, positions: int, seed: int,
-              progress: Callable[[str, int, int], None] | None = None) -> "LocalFeatureCache":
+              progress: Callable[[str, int, int], None] | None = None) -> LocalFeatureCache:
         if positions < 1:
             raise InputError(f"cache_positions must be at least 1, got {positions}")
         model.eval()
