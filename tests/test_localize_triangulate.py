@@ -20,6 +20,7 @@ from locseg.geometry import Camera, Pose
 from locseg.io.colmap import read_model
 from locseg.io.poses import read_poses, write_poses
 from locseg.io.queries import write_query_list
+from locseg.localize.pipeline import DEFAULT_WEIGHTS
 from locseg.localize.reference import ReferenceMap
 from locseg.localize.triangulate import (
     RECORD,
@@ -87,7 +88,7 @@ def built(small_street, tmp_path_factory):
 
 # --------------------------------------------------------------------------- end to end
 def test_triangulated_points_agree_with_the_depth_maps(built):
-    """Measured on this build (interim weights): 1593 points, median depth error 11.2 %,
+    """Measured with the interim weights (the default before v2): 1593 points, median depth error 11.2 %,
     46 % of the points within 10 % and 76 % within 25 %, 0.8 % on the sky. For scale:
     ground-truth correspondences merely snapped to the 4-pixel grid of this 256 x 192
     street triangulate to a median error of 7.8 %, and with 1 px of noise to 5.8 %."""
@@ -126,7 +127,7 @@ def test_the_output_records_its_settings_and_leaves_no_temporary_files(built):
 def test_a_rerun_reuses_the_model_and_other_settings_are_refused(built):
     from locseg.models.load import load_hypercolumns
 
-    hypercolumns = load_hypercolumns("vgg16-slim", "synthseasons-slim-dmcgn-interim").eval()
+    hypercolumns = load_hypercolumns("vgg16-slim", DEFAULT_WEIGHTS).eval()
     street, output = built["street"], built["output"]
     start = time.perf_counter()
     again = build_reference(street / "images", built["poses"], built["cameras"], output, hypercolumns,
@@ -148,7 +149,7 @@ def test_a_posed_model_with_old_points_is_triangulated_afresh(small_street, tmp_
     for image_id in sorted(model.images)[5:]:
         model.deregister_frame(model.images[image_id].frame_id)
     before = model.num_points3D()
-    hypercolumns = load_hypercolumns("vgg16-slim", "synthseasons-slim-dmcgn-interim").eval()
+    hypercolumns = load_hypercolumns("vgg16-slim", DEFAULT_WEIGHTS).eval()
     config = TriangulateConfig(num_neighbors=4, min_track_length=3)
     result = triangulate_reconstruction(model, small_street / "images", tmp_path / "model", hypercolumns, config)
     assert model.num_points3D() == before

@@ -527,3 +527,15 @@ register_bundled(
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-interim, initialised by "
     "k-means on SynthSeasons train streets 0-4, no triplet training yet (interim; benchmarks/RESULTS.md)",
     model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v2", "synthseasons-slim-dmcgn-v2.safetensors",
+    "a5026716b6010005e25e9533da52ac5e84001d2a174bdc560291fa84cd628450",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-interim trained 3500 more DMC+GN steps on "
+    "SynthSeasons train streets 0-4 (recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
+    "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
+    "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v2, k-means then 3000 "
+    "triplet steps on cached features of SynthSeasons train streets 0-4 (benchmarks/RESULTS.md)",
+    model="vgg16-slim")
