@@ -18,8 +18,9 @@ Two methods find it (``MATCHING_METHODS``):
   similarities, projected). It then searches the cells of the ``candidates`` best
   blocks at full dimension for the peak ``s_1``, and keeps the match when
   ``ratio² · s_1`` is at least the ``coarse_rank``-th best block similarity: the peak
-  must stand above all but a few whole blocks of the map. About 40× fewer
-  multiply-adds than ``"dense"``.
+  must stand above all but a few whole blocks of the map. For 5 × 2048 points on a
+  128×96 map that is 0.7 G multiply-adds instead of 64 G; on a CPU, 17× less time
+  (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
