@@ -140,7 +140,7 @@ def match_sparse_to_dense(descriptors: torch.Tensor, query_map: torch.Tensor,
     descriptors, query_map = descriptors.float(), query_map.float()
     if descriptors.shape[0] == 0:
         return DenseMatches(query_map.new_zeros((0, 2)), query_map.new_zeros((0,)),
-                            torch.zeros(0, dtype=torch.bool))
+                            torch.zeros(0, dtype=torch.bool, device=query_map.device))
     if config.method == "dense":
         return _match_dense(descriptors, query_map, config)
     return _match_coarse_to_fine(descriptors, query_map, config, projection)
@@ -210,7 +210,7 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
 
     # fine: the cells of each candidate block at full dimension. (point, block) pairs are
     # sorted by block so that each block is one small matrix product over contiguous rows.
-    blocks = _block_cells(height, width, pool)                                             # (B, pool²)
+    blocks = _block_cells(height, width, pool).to(query_map.device)                        # (B, pool²)
     n, m = candidates.shape
     cells_per_block = pool * pool
     pairs = candidates.reshape(-1)
@@ -218,7 +218,7 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
     block_ids, counts = torch.unique_consecutive(pairs[order], return_counts=True)
     block_rows = _cell_rows(query_map)[blocks[block_ids].clamp_min(0).reshape(-1)]        # (U pool², C)
     sorted_descriptors = descriptors[order // m]                                           # (n m, C)
-    sorted_fine = torch.empty(n * m, cells_per_block)
+    sorted_fine = query_map.new_empty(n * m, cells_per_block)
     start = 0
     for u, count in enumerate(counts.tolist()):
         torch.matmul(sorted_descriptors[start:start + count],
@@ -263,7 +263,7 @@ def subcell_offsets(descriptors: torch.Tensor, query_map: torch.Tensor, cells: t
     neighbours = torch.stack([cells - 1, cells + 1, cells - width, cells + width], dim=1)   # (N, 4)
     rows = _cell_rows(query_map)[neighbours.clamp(0, height * width - 1)]                   # (N, 4, C)
     before_x, after_x, before_y, after_y = torch.einsum("nc,nkc->kn", descriptors, rows)
-    offsets = torch.zeros(len(cells), 2)
+    offsets = descriptors.new_zeros(len(cells), 2)
     for axis, (coordinate, size, before, after) in enumerate(((x, width, before_x, after_x),
                                                               (y, height, before_y, after_y))):
         inside = (coordinate > 0) & (coordinate < size - 1)
