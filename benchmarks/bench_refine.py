@@ -16,11 +16,11 @@ import argparse
 import itertools
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_localize import first_per_condition
 
 from locseg.evaluate.pose import evaluate_poses
 from locseg.io.poses import read_poses
@@ -50,16 +50,7 @@ def main() -> None:
 
     config = LocalizeConfig()
     reference = ReferenceMap.read(args.dataset / "reference" / "model", args.dataset / "images")
-    queries = read_query_list(args.dataset / "queries" / "all.txt")
-    if args.limit:
-        taken: Counter[str] = Counter()
-        kept = []
-        for name, camera in queries:
-            condition = name.split("/")[0]
-            if taken[condition] < args.limit:
-                kept.append((name, camera))
-                taken[condition] += 1
-        queries = kept
+    queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")
     configs = {"none": None} | {f"{op}/{loss}": RefineConfig(loss=loss, gradient_operator=op)
                                 for op, loss in itertools.product(sorted(GRADIENT_OPERATORS), sorted(ROBUST_LOSSES))}

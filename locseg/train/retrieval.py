@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -316,12 +317,16 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
                                         progress=(lambda stage, done, total: progress(stage, done, total, {}))
                                         if progress else None)
 
+    @lru_cache(maxsize=1 + config.positive_candidates + config.negative_candidates)
+    def network_input(i: int) -> torch.Tensor:     # a step ranks its images, then trains on some of them
+        return load_input(places.paths[i], config.max_side)
+
     def describe_images(indices: Sequence[int]) -> torch.Tensor:
         """(B, K D) unwhitened descriptors of training images."""
         if cache is not None:
             return model.netvlad(cache.maps(indices))
-        return torch.cat([model(load_input(places.paths[i], config.max_side)[None], whiten=False)
-                          for i in indices])
+        return torch.cat([model(network_input(i)[None], whiten=False) for i in indices])
+
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
