@@ -40,7 +40,6 @@ from locseg.localize.pipeline import (
     Models,
     extract_reference_features,
 )
-from locseg.localize.pnp import PnPConfig
 from locseg.localize.reference import ReferenceMap
 from locseg.models.preprocess import load_image
 
@@ -52,7 +51,7 @@ def settings() -> dict[str, LocalizeConfig]:
         "dense": replace(default, matching=MatchingConfig(method="dense", subcell=False), pnp=before_pnp),
         "coarse-to-fine": replace(default, matching=MatchingConfig(subcell=False), pnp=before_pnp),
         "+ sub-cell": replace(default, pnp=before_pnp),
-        "+ PnP 6 px, 1000 samples": default,
+        f"+ PnP {default.pnp.max_error:g} px, {default.pnp.max_iterations} samples": default,
     }
 
 
@@ -63,7 +62,6 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries of each condition")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    assert PnPConfig().max_error == 6.0, "the last setting is meant to be locseg's default"
 
     reference = ReferenceMap.read(args.dataset / "reference" / "model", args.dataset / "images")
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
