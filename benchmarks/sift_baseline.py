@@ -21,7 +21,8 @@ comparison measures the features:
   passes them, so both methods see the same references), MNN + ratio matching
   against the reference keypoints that observe a 3D point; the same RANSAC-PnP
   (``locseg.localize.pnp.estimate_pose``) with the query's camera; the hypothesis
-  with the most inliers wins, and without one the query gets the pose of its best
+  with the most inliers wins and is refitted over the matches of every retrieved
+  reference (``refit_pose``, when ``pnp.refit``), and without one the query gets the pose of its best
   retrieved reference, as in locseg.
 
 Example::
@@ -50,7 +51,7 @@ import torch
 from locseg.errors import InputError, LocsegError, check_shape
 from locseg.geometry import Camera, Pose
 from locseg.io.colmap import read_model
-from locseg.localize.pnp import PnPConfig, estimate_pose
+from locseg.localize.pnp import PnPConfig, estimate_pose, refit_pose
 from locseg.localize.triangulate import epipolar_errors, select_pairs, write_database
 from locseg.models.preprocess import load_image
 
@@ -388,12 +389,13 @@ class SiftLocalizer:
         timing["extraction"] = time.perf_counter() - clock
         timing["matching"] = timing["pnp"] = 0.0
         best, best_inliers, best_reference = None, -1, retrieved[0]
-        matches, inliers = [], []
+        matches, inliers, pooled = [], [], []
         for name in retrieved:
             clock = time.perf_counter()
             found = match_mnn_ratio(query.descriptors, self.reference.descriptors[name], self.config.ratio)
             points2D = query.keypoints[found[:, 0]]
             points3D = self.reference.points3D[name][found[:, 1]]
+            pooled.append((points2D, points3D))
             timing["matching"] += time.perf_counter() - clock
 
             clock = time.perf_counter()
@@ -405,4 +407,8 @@ class SiftLocalizer:
                 best, best_inliers, best_reference = result.pose, result.num_inliers, name
         if best is None:
             return SiftResult(self.reference.poses[retrieved[0]], False, retrieved[0], matches, inliers, timing)
+        if self.config.pnp.refit:   # as locseg: refit over the matches of every retrieved reference
+            clock = time.perf_counter()
+            best = refit_pose(*(np.concatenate(parts) for parts in zip(*pooled)), camera, best, self.config.pnp).pose
+            timing["pnp"] += time.perf_counter() - clock
         return SiftResult(best, True, best_reference, matches, inliers, timing)

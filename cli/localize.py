@@ -55,7 +55,11 @@ _DEFAULTS = LocalizeConfig()
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
+@click.option("--no-refit", is_flag=True,
+              help="Keep the best reference's RANSAC pose (no refit over every retrieved reference's matches).")
 @click.option("--no-refine", is_flag=True, help="Keep the RANSAC-PnP poses (no feature-metric refinement).")
+@click.option("--refine-points", type=click.IntRange(min=0), default=_DEFAULTS.refine_points, show_default=True,
+              help="Inliers the refinement aligns, spread evenly over them (0: all).")
 @click.option("--refine-loss", type=click.Choice(sorted(ROBUST_LOSSES)), default=_DEFAULTS.refine.loss,
               show_default=True, help="Robust loss of the feature-metric refinement.")
 @click.option("--refine-gradient", type=click.Choice(sorted(GRADIENT_OPERATORS)),
@@ -67,11 +71,11 @@ _DEFAULTS = LocalizeConfig()
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, matching: str,
-             estimator: str,
-             no_refine: bool, refine_loss: str, refine_gradient: str, store: Path | None,
+             estimator: str, no_refit: bool,
+             no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None) -> None:
     """Localize query images against a reference map: retrieval, sparse-to-dense
-    matching, RANSAC-PnP. With no options, localizes the default SynthSeasons test
+    matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
     start = time.perf_counter()
     ground_truth = None
@@ -92,9 +96,11 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         if missing:
             raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
         config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone, top_k=top_k,
-                                matching=MatchingConfig(method=matching), pnp=PnPConfig(estimator=estimator),
+                                matching=MatchingConfig(method=matching),
+                                pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                                 refine=None if no_refine else RefineConfig(loss=refine_loss,
-                                                                           gradient_operator=refine_gradient))
+                                                                           gradient_operator=refine_gradient),
+                                refine_points=refine_points)
         query_list = read_query_list(queries)   # a malformed list fails here, before any work
         reference_map = ReferenceMap.read(reference, images)
         if not reference_map.has_points():

@@ -16,7 +16,7 @@ from locseg.localize.matching import (
     match_sparse_to_dense,
     ratio_test_rank,
 )
-from locseg.localize.pnp import ESTIMATORS, PnPConfig, estimate_pose
+from locseg.localize.pnp import ESTIMATORS, PnPConfig, estimate_pose, refit_pose
 
 
 def _unit_map(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -223,3 +223,27 @@ def test_pnp_config_checks_its_values():
     with pytest.raises(ShapeError):
         estimate_pose(np.zeros((20, 2)), np.zeros((19, 3)), CAMERAS["PINHOLE"])
     assert math.isfinite(PnPConfig().max_error)
+    with pytest.raises(InputError, match="refit_scale"):
+        PnPConfig(refit_scale=0)
+
+
+@pytest.mark.parametrize("model", sorted(CAMERAS))
+def test_refit_over_more_matches_moves_a_pose_towards_the_truth(model):
+    # A few exact matches give a pose; many noisy matches of the same scene refine it.
+    camera = CAMERAS[model]
+    T, uv, xyz, truly_inlier = _scene(camera, 600, outliers=0.3, seed=4)
+    rng = np.random.default_rng(5)
+    noisy = uv + rng.normal(0, 0.7, uv.shape) * truly_inlier[:, None]
+    start = Pose.exp(torch.tensor([0.004, -0.003, 0.002, 0.03, -0.02, 0.02], dtype=torch.float64)) @ T
+    result = refit_pose(noisy, xyz, camera, start, PnPConfig(max_error=12.0))
+    assert float(result.pose.error(T)[0]) < 0.2 * float(start.error(T)[0])
+    assert float(result.pose.error(T)[1]) < 0.2 * float(start.error(T)[1])
+    assert result.inliers[truly_inlier].mean() > 0.99          # the true matches, noisy as they are
+    assert result.inliers[~truly_inlier].mean() < 0.05
+
+
+def test_refit_without_support_keeps_the_pose():
+    camera = CAMERAS["PINHOLE"]
+    T, uv, xyz, _ = _scene(camera, 200, outliers=1.0, seed=3)
+    result = refit_pose(uv, xyz, camera, T, PnPConfig(max_error=2.0))
+    assert result.pose is T and result.num_inliers < 12

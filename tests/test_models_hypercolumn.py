@@ -30,6 +30,7 @@ from locseg.models import (
     resize_image,
     sample_feature_map,
 )
+from locseg.models.hypercolumn import grid_centers
 from locseg.models.preprocess import resized_size
 
 F64 = torch.float64
@@ -99,6 +100,19 @@ def test_deeper_layer_is_sampled_at_the_quarter_grid_centres(slim, images):
             for x in range(dense.shape[3]):
                 expected = bilinear(pool4[b], (4 * x + 2) / 16 - 0.5, (4 * y + 2) / 16 - 0.5)
                 torch.testing.assert_close(dense[b, :, y, x], F.normalize(expected, dim=0))
+
+
+@pytest.mark.parametrize("layer", [4, 9, 17, 24, 31])   # strides 1, 2, 8, 16, 32
+def test_every_stride_reads_its_map_at_the_quarter_grid_centres(slim, images, layer):
+    """Whatever the layer's stride, the dense map is that layer sampled bilinearly at the
+    1/4-grid cell centres (clamped at the borders), and it is channels-last in memory."""
+    with torch.no_grad():
+        dense = Hypercolumns(slim, [layer]).dense(images)
+        activation = slim.activations(images, [layer])[0]
+    centres = grid_centers(*dense.shape[-2:], dtype=F64).reshape(1, -1, 2).expand(2, -1, -1)
+    expected = sample_feature_map(activation, centres, slim.stride_entering(layer))
+    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), F.normalize(expected, dim=-1))
+    assert dense.permute(0, 2, 3, 1).is_contiguous()
 
 
 def test_multiple_of_16_matches_standard_upsampling(slim):

@@ -17,8 +17,10 @@ from locseg.errors import InputError
 from locseg.models.seg_inference import SegmentSettings, store_model_id
 from locseg.store import FeatureStore
 from locseg.train.checkpoint import load_checkpoint
+from locseg.models.weights import load_state_dict
 from locseg.train.segmentation import (
     SegConfig,
+    build_model,
     select_images,
     spread,
     train_segmentation,
@@ -64,6 +66,17 @@ def test_loss_falls_and_resume_is_exact(small_street, tmp_path):
     assert resumed.metrics["history"] == history
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
+
+
+def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):
+    first = train_segmentation([small_street], tmp_path / "first.pt", dataclasses.replace(TINY, iterations=2))
+    weights = first.with_suffix(".safetensors")
+    model = build_model(dataclasses.replace(TINY, init=str(weights)))
+    saved = load_state_dict(weights)
+    for name, value in model.state_dict().items():          # heads included, not only the backbone
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+    with pytest.raises(InputError, match="do not fit a vgg16 model"):
+        build_model(dataclasses.replace(TINY, backbone="vgg16", init=str(weights)))
 
 
 def test_commands_end_to_end(small_street, tmp_path):

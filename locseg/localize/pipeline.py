@@ -11,8 +11,9 @@ feature-metric refinement.
    references by whitened global descriptors; for each, sparse-to-dense matches that
    pass the ratio test, lifted to the original query resolution and paired with
    the references' 3D points; RANSAC-PnP with the query's own camera; the
-   hypothesis with the most inliers wins;
-3. feature-metric PnP (``locseg.localize.refine``) refines the winner over its RANSAC
+   hypothesis with the most inliers wins, and (``pnp.refit``) is refitted over the
+   matches of every retrieved reference that it reprojects within the threshold;
+3. feature-metric PnP (``locseg.localize.refine``) refines the winner over those
    inliers on the query's dense map, unless ``refine`` is None; a refinement that
    raises the cost or moves implausibly far keeps the RANSAC pose;
 4. a query without an acceptable pose gets the pose of its best retrieved reference
@@ -46,7 +47,7 @@ from ..models.load import load_hypercolumns, weights_digest
 from ..models.preprocess import load_image, prepare_image
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
-from .pnp import PnPConfig, estimate_pose
+from .pnp import PnPConfig, estimate_pose, refit_pose
 from .reference import ReferenceMap
 from .refine import RefineConfig, refine_pose
 from .retrieval import (
@@ -79,12 +80,15 @@ class LocalizeConfig:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: RANSAC poses as they are
+    refine_points: int = 1024       # inliers aligned by refinement, evenly spread over them (0: all)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
             raise InputError(f"max_points must be >= 0 (0: all), got {self.max_points}")
+        if self.refine_points < 0:
+            raise InputError(f"refine_points must be >= 0 (0: all), got {self.refine_points}")
         if self.max_side < 32:
             raise InputError(f"max_side must be at least 32, got {self.max_side}")
 
@@ -226,10 +230,17 @@ class Localizer:
             [store.get_global(models.global_id, n) for n in names])).double()
         self.whitening = fit_whitening(self.global_descriptors, config.whitening_dim)
         self.projection = None
+        self._projected: dict[str, torch.Tensor] = {}   # reference name -> (N, d) projected descriptors
         if config.matching.method == "coarse-to-fine":
             sample = np.concatenate([store.get_sparse(models.sparse_id, n).descriptors[::PROJECTION_SAMPLE_STEP]
                                      for n in names])
             self.projection = fit_projection(torch.from_numpy(sample), config.matching.projection_dim)
+
+    def _projected_descriptors(self, name: str, descriptors: np.ndarray) -> torch.Tensor:
+        """(N, d) a reference's descriptors in the coarse-matching subspace, computed once."""
+        if name not in self._projected:
+            self._projected[name] = torch.from_numpy(descriptors).float() @ self.projection
+        return self._projected[name]
 
     def localize(self, name: str, image: torch.Tensor, camera: Camera) -> QueryResult:
         """Localize one query: its (3, H, W) float image in [0, 1] and its camera at that size."""
@@ -245,7 +256,7 @@ class Localizer:
         pose, refinement = search.best.pose, None
         if self.config.refine is not None:
             clock = time.perf_counter()
-            pose, refinement = refine_hypothesis(search, self.config.refine)
+            pose, refinement = refine_hypothesis(search, self.config.refine, self.config.refine_points)
             timing["refine"] = time.perf_counter() - clock
         timing["total"] = sum(timing.values())
         return QueryResult(name, pose, True, search.best.reference, search.retrieved, search.matches,
@@ -266,16 +277,19 @@ class Localizer:
         timing["retrieval"] = time.perf_counter() - clock
 
         scale = 1.0 / _input_scale(camera, net_input).double()
-        # the PnP threshold is in network-input pixels, like the matches' grid
-        pnp = replace(self.config.pnp, max_error=self.config.pnp.max_error * float(scale.max()))
+        # the PnP thresholds are in network-input pixels, like the matches' grid
+        pnp = replace(self.config.pnp, max_error=self.config.pnp.max_error * float(scale.max()),
+                      refit_scale=self.config.pnp.refit_scale * float(scale.max()))
         clock = time.perf_counter()
         sparse = [self.store.get_sparse(self.models.sparse_id, ref_name) for ref_name in retrieved]
+        projected = None if self.projection is None else torch.cat(
+            [self._projected_descriptors(n, s.descriptors) for n, s in zip(retrieved, sparse)])
         found = match_sparse_to_dense(torch.from_numpy(np.concatenate([s.descriptors for s in sparse])), dense,
-                                      self.config.matching, self.projection)   # all references at once
+                                      self.config.matching, self.projection, projected)   # all references at once
         timing["matching"] = time.perf_counter() - clock
         timing["pnp"] = 0.0
         best: Hypothesis | None = None
-        matches, inliers = [], []
+        matches, inliers, pooled = [], [], []
         start = 0
         for ref_name, ref in zip(retrieved, sparse):
             ref_found = found[start:start + len(ref.point3D_ids)]
@@ -283,6 +297,7 @@ class Localizer:
             keep = ref_found.keep.numpy()
             points2D = (ref_found.uv[ref_found.keep].double() * scale).numpy()
             points3D = self.reference.points(ref.point3D_ids[keep])
+            pooled.append((points2D, points3D, ref.descriptors[keep]))
 
             clock = time.perf_counter()
             result = estimate_pose(points2D, points3D, camera, pnp)
@@ -292,7 +307,20 @@ class Localizer:
             if result.pose is not None and (best is None or result.num_inliers > len(best.points3D)):
                 best = Hypothesis(ref_name, result.pose, points3D[result.inliers],
                                   ref.descriptors[keep][result.inliers])
+        if best is not None and pnp.refit:
+            clock = time.perf_counter()
+            best = _refit_over_references(best, pooled, camera, pnp)
+            timing["pnp"] += time.perf_counter() - clock
         return Search(retrieved, matches, inliers, best, dense, net_camera, timing)
+
+
+def _refit_over_references(best: Hypothesis, pooled: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                           camera: Camera, pnp: PnPConfig) -> Hypothesis:
+    """``best`` refitted over the matches of every retrieved reference (``refit_pose``); its
+    inliers, with their reference descriptors, become the points that refinement aligns."""
+    points2D, points3D, descriptors = (np.concatenate(parts) for parts in zip(*pooled))
+    result = refit_pose(points2D, points3D, camera, best.pose, pnp)
+    return Hypothesis(best.reference, result.pose, points3D[result.inliers], descriptors[result.inliers])
 
 
 @dataclass(frozen=True)
@@ -315,13 +343,17 @@ class Search:
     timing: dict[str, float]
 
 
-def refine_hypothesis(search: Search, config: RefineConfig) -> tuple[Pose, dict]:
-    """Feature-metric refinement of ``search.best`` over its inliers; the pose and a log summary."""
+def refine_hypothesis(search: Search, config: RefineConfig, max_points: int = 0) -> tuple[Pose, dict]:
+    """Feature-metric refinement of ``search.best`` over its inliers, at most ``max_points``
+    of them evenly spread over the list (0: all); the pose and a log summary."""
     best = search.best
     if best is None:
         raise InputError("nothing to refine: no reference gave a PnP pose")
-    result = refine_pose(best.pose.double(), search.net_camera.double(), torch.from_numpy(best.points3D),
-                         torch.from_numpy(best.descriptors.astype(np.float64)), search.dense,
+    used = slice(None)
+    if 0 < max_points < len(best.points3D):
+        used = np.linspace(0, len(best.points3D) - 1, max_points).round().astype(np.int64)
+    result = refine_pose(best.pose.double(), search.net_camera.double(), torch.from_numpy(best.points3D[used]),
+                         torch.from_numpy(best.descriptors[used].astype(np.float64)), search.dense,
                          config=config)
     summary = {
         "cost_initial": float(result.cost_initial), "cost_final": float(result.cost_final),

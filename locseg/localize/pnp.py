@@ -6,6 +6,13 @@ Both take COLMAP pixel coordinates at the camera's own resolution (the original 
 image), so ``max_error`` is in original pixels, and both handle every camera model of
 ``locseg.geometry.camera`` with its distortion. A pose counts as found when it has at
 least ``min_inliers`` inliers.
+
+``refit_pose`` polishes a pose found on one retrieved reference with the matches of
+all of them: it keeps every match that the pose reprojects within ``max_error`` and
+minimises the reprojection error over them with a Cauchy loss of scale
+``refit_scale`` (poselib's non-linear refinement). Several references observe the
+same 3D points from different viewpoints, so their matches add independent
+measurements of where those points lie in the query.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import InputError, RegistryError, check_shape
 from ..geometry import Camera, Pose
@@ -42,6 +50,8 @@ class PnPConfig:
     max_iterations: int = 1000
     confidence: float = 0.9999
     seed: int = 0
+    refit: bool = True          # refit the winning pose over the matches of every retrieved reference
+    refit_scale: float = 1.0    # pixels: scale of the refit's Cauchy loss
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -50,6 +60,8 @@ class PnPConfig:
             raise InputError(f"max_error must be positive, got {self.max_error}")
         if self.min_inliers < 4:
             raise InputError(f"min_inliers must be at least 4, got {self.min_inliers}")
+        if self.refit_scale <= 0:
+            raise InputError(f"refit_scale must be positive, got {self.refit_scale}")
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,15 @@ class PnPResult:
         return int(self.inliers.sum())
 
 
+def _poselib_camera(camera: Camera) -> dict:
+    width, height = (int(round(v)) for v in camera.size.tolist())
+    return {"model": camera.model, "width": width, "height": height, "params": camera.params.double().tolist()}
+
+
 def _poselib(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, config: PnPConfig) -> PnPResult:
     import poselib
 
-    width, height = (int(round(v)) for v in camera.size.tolist())
-    camera_dict = {"model": camera.model, "width": width, "height": height,
-                   "params": camera.params.double().tolist()}
+    camera_dict = _poselib_camera(camera)
     ransac = {"max_reproj_error": config.max_error, "min_iterations": config.min_iterations,
               "max_iterations": config.max_iterations, "success_prob": config.confidence,
               "seed": config.seed}
@@ -101,6 +116,15 @@ ESTIMATORS: dict[str, Callable[[np.ndarray, np.ndarray, Camera, PnPConfig], PnPR
 }
 
 
+def _check_matches(points2D: np.ndarray, points3D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    points2D = np.ascontiguousarray(points2D, dtype=np.float64)
+    points3D = np.ascontiguousarray(points3D, dtype=np.float64)
+    check_shape("points2D", points2D.shape, "(N, 2)", points2D.ndim == 2 and points2D.shape[1] == 2)
+    check_shape("points3D", points3D.shape, f"({len(points2D)}, 3)",
+                points3D.shape == (len(points2D), 3))
+    return points2D, points3D
+
+
 def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: Camera,
                   config: PnPConfig = PnPConfig()) -> PnPResult:
     """RANSAC-PnP with ``config.estimator``.
@@ -113,14 +137,47 @@ def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: Camera,
         the pose with its inlier mask; ``pose`` is None when fewer than
         ``config.min_inliers`` inliers support the best hypothesis (or N < 4).
     """
-    points2D = np.ascontiguousarray(points2D, dtype=np.float64)
-    points3D = np.ascontiguousarray(points3D, dtype=np.float64)
-    check_shape("points2D", points2D.shape, "(N, 2)", points2D.ndim == 2 and points2D.shape[1] == 2)
-    check_shape("points3D", points3D.shape, f"({len(points2D)}, 3)",
-                points3D.shape == (len(points2D), 3))
+    points2D, points3D = _check_matches(points2D, points3D)
     if len(points2D) < max(4, config.min_inliers):
         return PnPResult(None, np.zeros(len(points2D), bool))
     result = ESTIMATORS[config.estimator](points2D, points3D, camera, config)
     if result.pose is None or result.num_inliers < config.min_inliers:
         return PnPResult(None, result.inliers)
     return result
+
+
+def reprojection_inliers(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose,
+                         max_error: float) -> np.ndarray:
+    """(N,) bool: the points in front of the camera that ``pose`` reprojects within ``max_error`` pixels."""
+    uv, valid = camera.double().project(pose.double().transform(torch.from_numpy(points3D)))
+    error = (uv - torch.from_numpy(points2D)).norm(dim=-1)
+    return (valid & (error < max_error)).numpy()
+
+
+def refit_pose(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose,
+               config: PnPConfig = PnPConfig()) -> PnPResult:
+    """``pose`` refined over every match it reprojects within ``config.max_error`` (module docstring).
+
+    Args:
+        points2D, points3D: (N, 2) pixels of ``camera`` and (N, 3) world points, the
+            pooled matches of several references (outliers included).
+        pose: the cam_from_world pose to start from, e.g. the best reference's RANSAC pose.
+    Returns:
+        the refined pose and its (N,) inlier mask at ``max_error``; ``pose`` itself, with
+        its own inliers, when fewer than ``config.min_inliers`` matches support either.
+    """
+    import poselib
+
+    points2D, points3D = _check_matches(points2D, points3D)
+    inliers = reprojection_inliers(points2D, points3D, camera, pose, config.max_error)
+    if inliers.sum() < config.min_inliers:
+        return PnPResult(pose, inliers)
+    start = poselib.CameraPose()
+    start.q, start.t = pose.q.double().numpy(), pose.t.double().numpy()
+    refined, _ = poselib.refine_absolute_pose(points2D[inliers], points3D[inliers], start, _poselib_camera(camera),
+                                              {"loss_type": "CAUCHY", "loss_scale": config.refit_scale})
+    refit = Pose.from_qt(np.array(refined.q), np.array(refined.t))
+    refit_inliers = reprojection_inliers(points2D, points3D, camera, refit, config.max_error)
+    if refit_inliers.sum() < config.min_inliers:
+        return PnPResult(pose, inliers)
+    return PnPResult(refit, refit_inliers)

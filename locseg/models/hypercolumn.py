@@ -174,23 +174,31 @@ class Hypercolumns(nn.Module):
             raise ShapeError(f"images of size {(height, width)} (H, W) are too small for a 1/4 grid")
         # channels-last activations: about 1.2x (VGG-16) to 1.6x (slim) faster on CPU
         maps = self.backbone.activations(images.contiguous(memory_format=torch.channels_last), self.layers)
-        b, h4, w4 = images.shape[0], height // STRIDE, width // STRIDE
-        centers = grid_centers(h4, w4, dtype=images.dtype, device=images.device)
-        centers = centers.reshape(1, -1, 2).expand(b, -1, -1)
-        # assembled as (B, h4 w4, C), i.e. channels-last: the layout in which the localizer
-        # gathers a cell's hypercolumn and refinement samples the map, with no copy
-        columns = torch.cat([self._on_grid(m, self.backbone.stride_entering(i), centers, h4, w4)
-                             for m, i in zip(maps, self.layers)], dim=2)
-        columns = l2_normalize(columns, dim=2)
-        return columns.reshape(b, h4, w4, -1).permute(0, 3, 1, 2)
+        h4, w4 = height // STRIDE, width // STRIDE
+        # concatenated channels-last, the layout in which the localizer gathers a cell's
+        # hypercolumn and refinement samples the map
+        columns = torch.cat([self._on_grid(m, self.backbone.stride_entering(i), h4, w4)
+                             for m, i in zip(maps, self.layers)], dim=1)
+        # normalised as (B, h4, w4, C) rows, which keeps the channels-last layout without a copy
+        return l2_normalize(columns.permute(0, 2, 3, 1), dim=3).permute(0, 3, 1, 2)
 
     @staticmethod
-    def _on_grid(feature_map: torch.Tensor, stride: int, centers: torch.Tensor,
-                 h4: int, w4: int) -> torch.Tensor:
-        """One layer's map resampled at the 1/4-grid centres; (B, h4 w4, C) in row-major cell order."""
+    def _on_grid(feature_map: torch.Tensor, stride: int, h4: int, w4: int) -> torch.Tensor:
+        """One layer's (B, C, H / s, W / s) map resampled bilinearly at the 1/4-grid centres: (B, C, h4, w4).
+
+        Cell ``x`` of the 1/4 grid, centred at pixel ``4 (x + 0.5)``, reads the stride-``s``
+        map at fractional cell ``4 (x + 0.5) / s - 0.5``; that is ``F.interpolate``'s
+        half-pixel mapping with scale factor ``s / 4``, which clamps at the outermost
+        cells as ``sample_feature_map`` does. Where ``H / s`` was rounded down, the
+        last rows (columns) of the grid lie beyond the last cell and take its values.
+        """
         if stride == STRIDE:  # the same cells already (both have floor(H / 4) rows)
-            return feature_map.flatten(2).transpose(1, 2)
-        return sample_feature_map(feature_map, centers, stride)
+            return feature_map
+        resampled = F.interpolate(feature_map, scale_factor=stride / STRIDE, mode="bilinear", align_corners=False)
+        missing_rows, missing_cols = h4 - resampled.shape[-2], w4 - resampled.shape[-1]
+        if missing_rows or missing_cols:
+            resampled = F.pad(resampled, (0, missing_cols, 0, missing_rows), mode="replicate")
+        return resampled
 
     def sparse(self, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
         """Hypercolumns at keypoints: ``sample(dense(images), keypoints, (W, H))``.

@@ -77,11 +77,12 @@ class NetVLAD(nn.Module):
         """(B, D, H, W) local descriptors → (B, K·D) unit global descriptors."""
         check_shape("features", tuple(features.shape), f"(B, {self.dim}, H, W)",
                     features.ndim == 4 and features.shape[1] == self.dim)
-        x = F.normalize(features - self.centre[None, :, None, None], dim=1)
-        soft = F.softmax(self.assign(x), dim=1).flatten(2)            # (B, K, HW)
-        x = x.flatten(2)                                                # (B, D, HW)
+        # one row per location, (B, HW, D): a view of a channels-last map (hypercolumns are)
+        x = features.permute(0, 2, 3, 1).reshape(features.shape[0], -1, self.dim)
+        x = l2_normalize(x - self.centre, dim=2)
+        soft = F.softmax(F.linear(x, self.assign.weight.flatten(1), self.assign.bias), dim=2)   # (B, HW, K)
         # Σ_i a_k(x_i) x_i − c_k Σ_i a_k(x_i)
-        vlad = torch.einsum("bkn,bdn->bkd", soft, x) - self.centroids[None] * soft.sum(-1, keepdim=True)
+        vlad = soft.transpose(1, 2) @ x - self.centroids[None] * soft.sum(1)[..., None]
         # A cluster with no assignment has a zero residual; l2_normalize keeps its gradient finite.
         vlad = l2_normalize(vlad, dim=2)
         return l2_normalize(vlad.flatten(1), dim=1)

@@ -261,12 +261,23 @@ def orient(sample: PairSample, reference_condition: str) -> PairSample:
 
 def build_model(config: SegConfig) -> SegmentationModel:
     """The model of ``config``: heads initialised from ``config.seed`` (without touching
-    the caller's random state), the backbone from ``config.init`` when given."""
+    the caller's random state), the backbone from ``config.init`` when given. When
+    ``config.init`` is a whole segmentation model of this architecture (heads included),
+    every weight comes from it, so a run continues a trained model."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = SegmentationModel(config.model_config())
     if config.init:
-        model.backbone.load_state_dict(backbone_state(load_state_dict(config.init), config.init))
+        state = load_state_dict(config.init)
+        if any(key.startswith("head.") for key in state):
+            expected = model.state_dict()
+            wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
+            if wrong:
+                raise InputError(f"segmentation weights {config.init!r} do not fit a {config.backbone} model: "
+                                 f"{len(wrong)} tensors missing or of another shape, e.g. {wrong[:3]}")
+            model.load_state_dict({k: state[k] for k in expected})
+        else:
+            model.backbone.load_state_dict(backbone_state(state, config.init))
     return model
 
 
