@@ -9,7 +9,9 @@ settings locseg had before to its defaults:
   matches at cell centres, PnP at 12 px with up to 10000 RANSAC samples;
 - ``coarse-to-fine``: the coarse-to-fine matcher, otherwise as ``dense``;
 - ``+ sub-cell``: matches moved to their sub-cell similarity peak;
-- ``+ PnP 6 px, 1000 samples``: locseg's defaults.
+- ``+ PnP 6 px, 1000 samples``: the PnP defaults;
+- ``+ refit ...``: the winning pose refitted over the matches of every retrieved
+  reference, and refinement over at most 1024 of its inliers: locseg's defaults.
 
 Prints (and with --json writes) recall per condition at the three thresholds, the median
 milliseconds per query of matching, PnP and in total, and the median number of kept
@@ -46,12 +48,15 @@ from locseg.models.preprocess import load_image
 
 def settings() -> dict[str, LocalizeConfig]:
     default = LocalizeConfig()
-    before_pnp = replace(default.pnp, max_error=12.0, max_iterations=10000)
+    # the settings before the refit: refinement over every inlier of the winner
+    before_refit = replace(default, pnp=replace(default.pnp, refit=False), refine_points=0)
+    before_pnp = replace(before_refit.pnp, max_error=12.0, max_iterations=10000)
     return {
-        "dense": replace(default, matching=MatchingConfig(method="dense", subcell=False), pnp=before_pnp),
-        "coarse-to-fine": replace(default, matching=MatchingConfig(subcell=False), pnp=before_pnp),
-        "+ sub-cell": replace(default, pnp=before_pnp),
-        f"+ PnP {default.pnp.max_error:g} px, {default.pnp.max_iterations} samples": default,
+        "dense": replace(before_refit, matching=MatchingConfig(method="dense", subcell=False), pnp=before_pnp),
+        "coarse-to-fine": replace(before_refit, matching=MatchingConfig(subcell=False), pnp=before_pnp),
+        "+ sub-cell": replace(before_refit, pnp=before_pnp),
+        f"+ PnP {default.pnp.max_error:g} px, {default.pnp.max_iterations} samples": before_refit,
+        f"+ refit over all references, refinement on {default.refine_points} points": default,
     }
 
 

@@ -31,7 +31,8 @@ _DEFAULTS = SegConfig()
 @click.option("--backbone-mode", type=click.Choice(BACKBONE_MODES), default=_DEFAULTS.backbone_mode,
               show_default=True,
               help=f"frozen: share the feature backbone (--init, default {DEFAULT_BACKBONE_WEIGHTS}) untouched; "
-                   "finetune: train it at 0.1x the rate; separate: a backbone of its own, random unless --init.")
+                   "finetune: train it at 0.1x the rate; separate: a backbone of its own, random unless --init. "
+                   "An --init that is a whole segmentation model (heads included) is continued.")
 @click.option("--loss", "correspondence_loss", type=click.Choice(CORRESPONDENCE_LOSSES),
               default=_DEFAULTS.correspondence_loss, show_default=True,
               help="Correspondence loss: ce, hinge-c (final layer) or hinge-f (penultimate features).")
