@@ -115,6 +115,18 @@ def test_every_stride_reads_its_map_at_the_quarter_grid_centres(slim, images, la
     assert dense.permute(0, 2, 3, 1).is_contiguous()
 
 
+def test_dense_is_channels_last_whatever_the_input_layout(slim, images):
+    """An image loaded as (H, W, 3) and viewed as (1, 3, H, W) has a batch stride of 3; the
+    map must still come out channels-last, and equal to that of a contiguous input."""
+    hwc = images[:1].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert hwc.is_contiguous(memory_format=torch.channels_last)
+    net = Hypercolumns(slim)
+    with torch.no_grad():
+        from_view, from_contiguous = net.dense(hwc[0][None]), net.dense(images[:1].contiguous())
+    assert from_view.permute(0, 2, 3, 1).is_contiguous()
+    torch.testing.assert_close(from_view, from_contiguous)
+
+
 def test_multiple_of_16_matches_standard_upsampling(slim):
     images = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(3), dtype=F64)
     with torch.no_grad():

@@ -233,8 +233,10 @@ class CentralDifferenceField:
         offsets = uv.new_tensor([[0, 0], [s, 0], [-s, 0], [0, s], [0, -s]])
         points = (uv[:, :, None, :] + offsets).flatten(1, 2)                     # (B, 5 N, 2)
         values = sample_feature_map(self.feature_map, points, s).unflatten(1, (uv.shape[1], 5))
-        gradient = torch.stack([values[:, :, 1] - values[:, :, 2], values[:, :, 3] - values[:, :, 4]], -1)
-        return values[:, :, 0], gradient / (2 * s), self.inside(uv)
+        # stacked as (B, N, 2, C) and handed out transposed, so each derivative is contiguous
+        # for the C-long products of the normal equations
+        gradient = torch.stack([values[:, :, 1] - values[:, :, 2], values[:, :, 3] - values[:, :, 4]], -2)
+        return values[:, :, 0], (gradient / (2 * s)).transpose(-1, -2), self.inside(uv)
 
 
 def feature_field(feature_map: torch.Tensor, operator: str = "central",

@@ -319,8 +319,10 @@ def _normal_equations(res: FeatureResiduals, weights: torch.Tensor, loss: str,
     rho, d_rho = robust_cost(loss, s, scale)
     cost = torch.where(valid, weights * rho, 0)
     W = torch.where(valid, weights * d_rho, 0)
-    gram = (J_f.transpose(-1, -2) @ J_f).to(dtype)                                    # (B, N, 2, 2)
-    J_f_r = (J_f.transpose(-1, -2) @ res.residuals[..., None])[..., 0].to(dtype)     # (B, N, 2)
+    J_f_t = J_f.transpose(-1, -2)                                                     # (B, N, 2, C)
+    gram = (J_f_t @ J_f).to(dtype)                                                    # (B, N, 2, 2)
+    # two same-shape products, not N matrix-vector products or a broadcast: ~10x faster on a CPU
+    J_f_r = torch.stack([(J_f_t[..., k, :] * res.residuals).sum(-1) for k in (0, 1)], -1).to(dtype)  # (B, N, 2)
     hessian = torch.einsum("bnki,bnkl,bnlj,bn->bij", J_p, gram, J_p, W)
     gradient = torch.einsum("bnki,bnk,bn->bi", J_p, J_f_r, W)
     return _Evaluation(cost, valid, hessian, gradient, W * s)
