@@ -80,7 +80,7 @@ class LocalizeConfig:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: RANSAC poses as they are
-    refine_points: int = 1024       # inliers aligned by refinement, evenly spread over them (0: all)
+    refine_points: int = 512        # inliers aligned by refinement, evenly spread over them (0: all)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
