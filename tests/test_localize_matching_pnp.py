@@ -15,6 +15,7 @@ from locseg.localize.matching import (
     fit_projection,
     match_sparse_to_dense,
     ratio_test_rank,
+    subcell_offsets,
 )
 from locseg.localize.pnp import ESTIMATORS, PnPConfig, estimate_pose, refit_pose
 
@@ -148,6 +149,22 @@ def test_subcell_peaks_are_closer_to_the_true_position_than_cell_centres(method)
     error_subcell = (subcell.uv - truth)[ok].norm(dim=1).mean()
     assert error_subcell < 0.5 * error_centre, (float(error_subcell), float(error_centre))
     assert ((subcell.uv - centre.uv).abs() <= 2 + 1e-6).all()                 # within half a cell
+
+
+def test_subcell_offsets_reuse_known_similarities_exactly():
+    # known similarities (some neighbours among them, some not, some -1 cells) change nothing
+    query_map = _smooth_map(16, 12, 15, seed=8)
+    g = torch.Generator().manual_seed(9)
+    cells = torch.randint(0, 12 * 15, (40,), generator=g)
+    rows = query_map.permute(1, 2, 0).reshape(-1, 16)
+    descriptors = torch.nn.functional.normalize(rows[cells] + 0.1 * torch.randn(40, 16, generator=g), dim=1)
+    peak = (descriptors * rows[cells]).sum(1)
+    known_cells = torch.stack([cells - 1, cells + 15, cells + 1, torch.full_like(cells, -1)], dim=1)
+    known_cells[::3, 0] = 0          # a cell that is not a neighbour
+    known_cells[known_cells >= 12 * 15] = -1
+    known = (known_cells, (descriptors @ rows.T).gather(1, known_cells.clamp_min(0)))
+    torch.testing.assert_close(subcell_offsets(descriptors, query_map, cells, peak, known),
+                               subcell_offsets(descriptors, query_map, cells, peak))
 
 
 def test_ratio_test_rank_follows_the_factor():
