@@ -41,7 +41,7 @@ a later call with the same config and images reuses the model instead of rebuild
 
 Example::
 
-    >>> hypercolumns = load_hypercolumns("vgg16-slim", "synthseasons-slim-dmcgn-v2").eval()
+    >>> hypercolumns = load_hypercolumns("vgg16-slim", "synthseasons-slim-dmcgn-v3").eval()
     >>> rec = build_reference("street/images", read_poses("street/ground_truth/reference.txt"),
     ...                       dict(read_query_list("intrinsics.txt")), "maps/street", hypercolumns)
 """

@@ -534,8 +534,20 @@ register_bundled(
     "SynthSeasons train streets 0-4 (recipe and test-street precision in benchmarks/RESULTS.md)",
     model="vgg16-slim")
 register_bundled(
+    "synthseasons-slim-dmcgn-v3", "synthseasons-slim-dmcgn-v3.safetensors",
+    "013407891c1421eb34047226bbe8937324d09bdb63bd8b903f394e4fac574b24",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v2 trained 3500 more DMC+GN steps on "
+    "SynthSeasons train streets 0-4 (recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
     "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v2, k-means then 3000 "
+    "triplet steps on cached features of SynthSeasons train streets 0-4 (benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-vlad-v3", "synthseasons-slim-vlad-v3.safetensors",
+    "70fcee63a3ebf811f393ac5a9eb2939e1ad6a63d4564f1b45453afb8d28db19b",
+    "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v3, k-means then 3000 "
     "triplet steps on cached features of SynthSeasons train streets 0-4 (benchmarks/RESULTS.md)",
     model="vgg16-slim")
