@@ -11,7 +11,7 @@ settings locseg had before to its defaults:
 - ``+ sub-cell``: matches moved to their sub-cell similarity peak;
 - ``+ PnP 6 px, 1000 samples``: the PnP defaults;
 - ``+ refit ...``: the winning pose refitted over the matches of every retrieved
-  reference, and refinement over at most 1024 of its inliers: locseg's defaults.
+  reference, and refinement over at most ``refine_points`` of its inliers: locseg's defaults.
 
 Prints (and with --json writes) recall per condition at the three thresholds, the median
 milliseconds per query of matching, PnP and in total, and the median number of kept

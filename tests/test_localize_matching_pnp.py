@@ -88,6 +88,20 @@ def test_coarse_to_fine_score_is_the_full_dimension_similarity():
     assert torch.allclose(found.score, expected, atol=1e-6)
 
 
+def test_precomputed_projected_descriptors_give_the_same_matches():
+    query_map = _smooth_map(32, 16, 20, seed=4)
+    descriptors = torch.nn.functional.normalize(torch.randn(60, 32, generator=torch.Generator().manual_seed(5)), dim=1)
+    projection = fit_projection(descriptors, 8)
+    inline = match_sparse_to_dense(descriptors, query_map, MatchingConfig(), projection)
+    cached = match_sparse_to_dense(descriptors, query_map, MatchingConfig(), projection, descriptors @ projection)
+    for name in ("uv", "score", "keep"):
+        torch.testing.assert_close(getattr(cached, name), getattr(inline, name), rtol=0, atol=0)
+    with pytest.raises(InputError, match="projection they were made with"):
+        match_sparse_to_dense(descriptors, query_map, MatchingConfig(), None, descriptors @ projection)
+    with pytest.raises(ShapeError, match="projected"):
+        match_sparse_to_dense(descriptors, query_map, MatchingConfig(), projection, descriptors[:5] @ projection)
+
+
 def test_coarse_ratio_test_rejects_a_descriptor_that_matches_many_blocks_equally():
     query_map = _smooth_map(16, 32, 32, seed=3)
     query_map[:, :16, :16] = query_map[:, 0, 0, None, None]   # 16 equal blocks of 4x4 cells
@@ -151,7 +165,7 @@ def test_subcell_peaks_are_closer_to_the_true_position_than_cell_centres(method)
     assert ((subcell.uv - centre.uv).abs() <= 2 + 1e-6).all()                 # within half a cell
 
 
-def test_subcell_offsets_reuse_known_similarities_exactly():
+def test_subcell_offsets_from_reused_similarities_match_computed_ones():
     # known similarities (some neighbours among them, some not, some -1 cells) change nothing
     query_map = _smooth_map(16, 12, 15, seed=8)
     g = torch.Generator().manual_seed(9)

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from locseg_cli.main import cli
 
 from locseg.evaluate.pose import evaluate_poses
+from locseg.errors import InputError
 from locseg.geometry import Camera
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
@@ -171,3 +172,27 @@ def test_the_pnp_threshold_is_in_network_input_pixels(run, monkeypatch):
             localizer.search(big, camera.resize(big.shape[-1], big.shape[-2]))
     assert seen[0] == (CONFIG.max_side, pytest.approx(CONFIG.pnp.max_error))
     assert seen[-1] == (2 * CONFIG.max_side, pytest.approx(2 * CONFIG.pnp.max_error))
+
+
+def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(run):
+    from dataclasses import replace
+
+    from locseg.localize import pipeline
+    from locseg.models.preprocess import load_image
+    from locseg.store import FeatureStore
+
+    street, reference, queries, out, _ = run
+    name, camera = queries[0]
+    image = load_image(street / "images" / name)
+    plain_config = replace(CONFIG, pnp=replace(CONFIG.pnp, refit=False))
+    models = pipeline.Models.load(CONFIG)
+    with FeatureStore(out / "features.h5", mode="r") as store:
+        refitted = pipeline.Localizer(reference, models, store, CONFIG).search(image, camera)
+        plain = pipeline.Localizer(reference, models, store, plain_config).search(image, camera)
+    assert refitted.best.reference == plain.best.reference
+    # the other references' matches join the winner's RANSAC inliers
+    assert len(refitted.best.points3D) > len(plain.best.points3D) == max(plain.inliers)
+    _, summary = pipeline.refine_hypothesis(refitted, CONFIG.refine, max_points=20)
+    assert summary["points"] <= 20
+    with pytest.raises(InputError, match="min_points"):
+        LocalizeConfig(refine_points=3)

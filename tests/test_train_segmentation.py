@@ -75,7 +75,7 @@ def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):
     saved = load_state_dict(weights)
     for name, value in model.state_dict().items():          # heads included, not only the backbone
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
-    with pytest.raises(InputError, match="do not fit a vgg16 model"):
+    with pytest.raises(InputError, match="do not fit this model"):
         build_model(dataclasses.replace(TINY, backbone="vgg16", init=str(weights)))
 
 

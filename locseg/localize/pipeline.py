@@ -13,9 +13,10 @@ feature-metric refinement.
    the references' 3D points; RANSAC-PnP with the query's own camera; the
    hypothesis with the most inliers wins, and (``pnp.refit``) is refitted over the
    matches of every retrieved reference that it reprojects within the threshold;
-3. feature-metric PnP (``locseg.localize.refine``) refines the winner over those
-   inliers on the query's dense map, unless ``refine`` is None; a refinement that
-   raises the cost or moves implausibly far keeps the RANSAC pose;
+3. feature-metric PnP (``locseg.localize.refine``) refines the winner over at most
+   ``refine_points`` of those inliers, evenly spread, on the query's dense map, unless
+   ``refine`` is None; a refinement that raises the cost or moves implausibly far keeps
+   the (refitted) RANSAC pose, which the log records as ``pnp_pose``;
 4. a query without an acceptable pose gets the pose of its best retrieved reference
    and ``"success": false`` in the log.
 
@@ -79,7 +80,7 @@ class LocalizeConfig:
     whitening_dim: int = 64
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
-    refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: RANSAC poses as they are
+    refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: the PnP poses as they are
     refine_points: int = 512        # inliers aligned by refinement, evenly spread over them (0: all)
 
     def __post_init__(self) -> None:
@@ -89,6 +90,9 @@ class LocalizeConfig:
             raise InputError(f"max_points must be >= 0 (0: all), got {self.max_points}")
         if self.refine_points < 0:
             raise InputError(f"refine_points must be >= 0 (0: all), got {self.refine_points}")
+        if self.refine is not None and 0 < self.refine_points < self.refine.min_points:
+            raise InputError(f"refine_points {self.refine_points} is below the refinement's min_points "
+                             f"{self.refine.min_points}: no query would be refined (0 means all points)")
         if self.max_side < 32:
             raise InputError(f"max_side must be at least 32, got {self.max_side}")
 
@@ -212,7 +216,10 @@ def _input_scale(camera: Camera, image: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """A reference's RANSAC pose with its inlier 3D points (N, 3) and their descriptors (N, C)."""
+    """The winning reference's RANSAC pose (refitted over every retrieved reference's matches
+    when ``pnp.refit``) with its inlier 3D points (N, 3) and their reference descriptors (N, C);
+    after a refit the inliers come from several references, and a 3D point seen by several
+    appears once per reference."""
 
     reference: str
     pose: Pose
@@ -320,6 +327,8 @@ def _refit_over_references(best: Hypothesis, pooled: Sequence[tuple[np.ndarray, 
     inliers, with their reference descriptors, become the points that refinement aligns."""
     points2D, points3D, descriptors = (np.concatenate(parts) for parts in zip(*pooled))
     result = refit_pose(points2D, points3D, camera, best.pose, pnp)
+    if result.pose is best.pose:   # the refit found too little support: keep RANSAC's inliers
+        return best
     return Hypothesis(best.reference, result.pose, points3D[result.inliers], descriptors[result.inliers])
 
 
@@ -329,7 +338,8 @@ class Search:
 
     Attributes:
         retrieved, matches, inliers: per retrieved reference, in retrieval order.
-        best: the hypothesis with the most inliers, None if no reference gave a pose.
+        best: the hypothesis with the most inliers (refitted when ``pnp.refit``), None if
+            no reference gave a pose.
         dense: (C, h, w) the query's dense hypercolumns; net_camera: its camera.
         timing: seconds per stage.
     """

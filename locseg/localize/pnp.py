@@ -10,9 +10,12 @@ least ``min_inliers`` inliers.
 ``refit_pose`` polishes a pose found on one retrieved reference with the matches of
 all of them: it keeps every match that the pose reprojects within ``max_error`` and
 minimises the reprojection error over them with a Cauchy loss of scale
-``refit_scale`` (poselib's non-linear refinement). Several references observe the
-same 3D points from different viewpoints, so their matches add independent
-measurements of where those points lie in the query.
+``refit_scale`` (poselib's non-linear refinement). The references see the scene from
+other viewpoints, so their matches add points the winner did not match, and other
+estimates of where the shared points lie in the query (not independent ones: they are
+all read from the same query map, and a shared point counts once per reference). The
+refit is kept when at least ``min_inliers`` matches support it, even if fewer than
+supported the start: the Cauchy loss trades a few borderline inliers for a better fit.
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: Camera,
 def reprojection_inliers(points2D: np.ndarray, points3D: np.ndarray, camera: Camera, pose: Pose,
                          max_error: float) -> np.ndarray:
     """(N,) bool: the points in front of the camera that ``pose`` reprojects within ``max_error`` pixels."""
+    points2D, points3D = _check_matches(points2D, points3D)
     uv, valid = camera.double().project(pose.double().transform(torch.from_numpy(points3D)))
     error = (uv - torch.from_numpy(points2D)).norm(dim=-1)
     return (valid & (error < max_error)).numpy()

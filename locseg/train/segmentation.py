@@ -26,7 +26,9 @@ Backbone modes (``backbone_mode``): ``frozen`` keeps the feature backbone (defau
 the bundled slim hypercolumn weights) untouched, so segmentation shares it with the
 localizer and costs only its heads; ``finetune`` starts from the same weights and
 trains them at ``backbone_lr_scale`` (0.1) times the head's rate; ``separate``
-trains a backbone of its own (random unless ``init`` is given) at the full rate.
+trains a backbone of its own (random unless ``init`` is given) at the full rate. An
+``init`` that is a whole segmentation model of the same architecture (heads included)
+sets every weight, so a run continues that model (``build_model``).
 
 Checkpoints and ``resume`` follow finetune-features (``locseg.train.run``); the
 weights go to ``output`` with the suffix ``.safetensors`` (the whole model, with its
@@ -79,7 +81,8 @@ class SegConfig:
 
     backbone: str = "vgg16-slim"
     backbone_mode: str = "finetune"
-    init: str | None = None               # None: the bundled slim features (frozen, finetune), random (separate)
+    init: str | None = None               # None: the bundled slim features (frozen, finetune), random (separate);
+                                          # a whole segmentation model is continued
     max_side: int = DEFAULT_TRAIN_SIDE
     crop: int | None = None               # random square crops of this size; None: whole images
     flip: bool = True
@@ -273,8 +276,9 @@ def build_model(config: SegConfig) -> SegmentationModel:
             expected = model.state_dict()
             wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
             if wrong:
-                raise InputError(f"segmentation weights {config.init!r} do not fit a {config.backbone} model: "
-                                 f"{len(wrong)} tensors missing or of another shape, e.g. {wrong[:3]}")
+                raise InputError(f"segmentation weights {config.init!r} do not fit this model ({config.backbone}, "
+                                 f"{config.model_config()}): {len(wrong)} tensors missing or of another shape, "
+                                 f"e.g. {wrong[:3]}")
             model.load_state_dict({k: state[k] for k in expected})
         else:
             model.backbone.load_state_dict(backbone_state(state, config.init))
