@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from locseg_cli.main import cli
 
-from locseg.evaluate.pose import evaluate_poses
 from locseg.errors import InputError
+from locseg.evaluate.pose import evaluate_poses
 from locseg.geometry import Camera
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list

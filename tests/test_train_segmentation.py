@@ -15,9 +15,9 @@ from PIL import Image
 
 from locseg.errors import InputError
 from locseg.models.seg_inference import SegmentSettings, store_model_id
+from locseg.models.weights import load_state_dict
 from locseg.store import FeatureStore
 from locseg.train.checkpoint import load_checkpoint
-from locseg.models.weights import load_state_dict
 from locseg.train.segmentation import (
     SegConfig,
     build_model,
