@@ -304,7 +304,8 @@ class Localizer:
             keep = ref_found.keep.numpy()
             points2D = (ref_found.uv[ref_found.keep].double() * scale).numpy()
             points3D = self.reference.points(ref.point3D_ids[keep])
-            pooled.append((points2D, points3D, ref.descriptors[keep]))
+            descriptors = ref.descriptors[keep]
+            pooled.append((points2D, points3D, descriptors))
 
             clock = time.perf_counter()
             result = estimate_pose(points2D, points3D, camera, pnp)
@@ -312,8 +313,7 @@ class Localizer:
             matches.append(int(keep.sum()))
             inliers.append(result.num_inliers)
             if result.pose is not None and (best is None or result.num_inliers > len(best.points3D)):
-                best = Hypothesis(ref_name, result.pose, points3D[result.inliers],
-                                  ref.descriptors[keep][result.inliers])
+                best = Hypothesis(ref_name, result.pose, points3D[result.inliers], descriptors[result.inliers])
         if best is not None and pnp.refit:
             clock = time.perf_counter()
             best = _refit_over_references(best, pooled, camera, pnp)

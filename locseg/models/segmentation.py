@@ -301,7 +301,7 @@ def load_segmentation_model(source: str | Path, config: SegModelConfig | None = 
         config = SegModelConfig.from_dict(json.loads(metadata["model"])) if metadata else SegModelConfig()
     model = SegmentationModel(config)
     state = load_state_dict(path)
-    missing, unexpected = _mismatch(model, state)
+    missing, unexpected = state_mismatch(model, state)
     if missing or unexpected:
         raise InputError(f"weights {source!r} do not fit the segmentation model {config}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -309,7 +309,8 @@ def load_segmentation_model(source: str | Path, config: SegModelConfig | None = 
     return model.eval()
 
 
-def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+def state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """The model's keys missing from ``state`` or of another shape there, and ``state``'s keys the model lacks."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
     return missing, [k for k in state if k not in expected]

@@ -54,6 +54,7 @@ from ..models.segmentation import (
     SegmentationModel,
     SegModelConfig,
     segmentation_metadata,
+    state_mismatch,
     upsample_to_pixels,
 )
 from ..models.weights import load_state_dict, save_safetensors
@@ -273,13 +274,12 @@ def build_model(config: SegConfig) -> SegmentationModel:
     if config.init:
         state = load_state_dict(config.init)
         if any(key.startswith("head.") for key in state):
-            expected = model.state_dict()
-            wrong = sorted(k for k in expected if k not in state or state[k].shape != expected[k].shape)
+            wrong, _ = state_mismatch(model, state)    # keys of the file the model lacks are ignored
             if wrong:
                 raise InputError(f"segmentation weights {config.init!r} do not fit this model ({config.backbone}, "
                                  f"{config.model_config()}): {len(wrong)} tensors missing or of another shape, "
                                  f"e.g. {wrong[:3]}")
-            model.load_state_dict({k: state[k] for k in expected})
+            model.load_state_dict({k: state[k] for k in model.state_dict()})
         else:
             model.backbone.load_state_dict(backbone_state(state, config.init))
     return model
