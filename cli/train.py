@@ -56,14 +56,19 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="Steps between matching-precision checks on held-out pairs (0: never).")
 @click.option("--gn-weight", type=click.FloatRange(min=0), default=FinetuneLossConfig().gn_weight, show_default=True,
               help="lambda, the Gauss-Newton loss's weight against DMC (0: DMC only).")
+@click.option("--neg-radius", type=click.FloatRange(min=0), default=FinetuneLossConfig().neg_radius, show_default=True,
+              help="alpha: negatives lie farther than this many cells (of each level's own grid) from the true match.")
+@click.option("--mining-offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Steps of the earlier runs this one continues (--init); the mining schedule goes on from there.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool, gn_weight: float) -> None:
+             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
-                            loss=FinetuneLossConfig(gn_weight=gn_weight))
+                            mining_offset=mining_offset,
+                            loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius))
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(

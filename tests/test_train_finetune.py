@@ -93,3 +93,27 @@ def test_the_bundled_interim_weights_load_by_name():
     assert read_safetensors_metadata(path)["backbone"] == "vgg16-slim"
     model = build_model(FinetuneConfig(init="synthseasons-slim-dmcgn-interim"))
     assert model.channels == 512 and model.backbone.name == "vgg16-slim"
+
+
+def test_a_continued_run_mines_where_the_earlier_runs_stopped(monkeypatch):
+    """With ``mining_offset`` k0, step k draws negatives from the M(k0 + k) hardest."""
+    from locseg.train import finetune
+    from locseg.train.mining import mining_pool_size
+    from locseg.train.pairs import PairSample
+
+    pools = []
+
+    def record(*args, **kwargs):
+        pools.append(args[6])
+        return torch.zeros(()), {}
+    monkeypatch.setattr(finetune, "total_finetune_loss", record)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    points = torch.rand(50, 2, generator=generator) * 60
+    sample = PairSample(images[0], images[1], points, points, "reference/a.png", "night/b.png")
+    model = build_model(FAST)
+    finetune.training_step(model, sample, 7, dataclasses.replace(FAST, mining_offset=40000), generator)
+    finetune.training_step(model, sample, 7, FAST, generator)
+    assert pools == [mining_pool_size(40007), mining_pool_size(7)] and pools[0] < pools[1]
+    with pytest.raises(InputError, match="mining_offset"):
+        dataclasses.replace(FAST, mining_offset=-1)

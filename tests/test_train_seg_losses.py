@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from locseg.errors import InputError, ShapeError
 from locseg.models.segmentation import NUM_CLASSES, SegOutput
 from locseg.train.seg_losses import (
+    class_weights,
     combine,
     correspondence_ce,
     correspondence_hinge,
@@ -103,3 +105,23 @@ def test_combine_scales_by_one_plus_lambda():
     assert combine(torch.tensor(2.0), torch.tensor(4.0), 0.0).item() == 2.0
     with pytest.raises(InputError):
         combine(torch.tensor(2.0), torch.tensor(4.0), -1)
+
+
+def test_class_weights_by_hand():
+    """Frequencies 100, 0, 25, 1 (of 126): the median of the present ones is 25/126."""
+    counts = np.array([100, 0, 25, 1])
+    torch.testing.assert_close(class_weights(counts, 0.5), torch.tensor([0.5, 1.0, 1.0, 5.0]))
+    torch.testing.assert_close(class_weights(counts, 1.0), torch.tensor([0.25, 1.0, 1.0, 10.0]))  # 25 clipped
+    torch.testing.assert_close(class_weights(counts, 0.0), torch.ones(4))
+    with pytest.raises(InputError, match="counts"):
+        class_weights(np.zeros(4))
+
+
+def test_weighted_supervised_loss_is_the_weighted_mean_by_hand():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]], [[1.0, 3.0]]]])   # (1, 3, 1, 2)
+    labels = torch.tensor([[[0, 2]]])
+    weight = torch.tensor([0.5, 1.0, 4.0])
+    ce0 = -torch.log_softmax(torch.tensor([2.0, 0.0, 1.0]), 0)[0]
+    ce1 = -torch.log_softmax(torch.tensor([0.0, 1.0, 3.0]), 0)[2]
+    expected = (0.5 * ce0 + 4.0 * ce1) / 4.5
+    torch.testing.assert_close(supervised_loss(logits, labels, weight=weight), expected)

@@ -107,3 +107,26 @@ def test_commands_end_to_end(small_street, tmp_path):
         assert store.names(key, "labels") == {"reference/cam0/000003.png", "night/cam1/000001.png"}
     out = CliRunner().invoke(segment, [*args, "--whole-image"])  # other settings, same folder
     assert out.exit_code != 0 and "other settings" in str(out.exception)
+
+
+def test_a_stride_8_head_trains_and_reloads_from_its_weights(small_street, tmp_path):
+    """``head_layer``/``aux_layer`` choose the heads' inputs; the weights carry them."""
+    from locseg.models.segmentation import load_segmentation_model
+
+    config = dataclasses.replace(TINY, iterations=1, head_layer=23, aux_layer=16)
+    output = train_segmentation([small_street], tmp_path / "s8.pt", config)
+    model = load_segmentation_model(output.with_suffix(".safetensors"))
+    assert (model.stride, model.aux_stride) == (8, 4)
+    assert model(torch.zeros(1, 3, 64, 96)).logits.shape == (1, 19, 8, 12)
+
+
+def test_class_balance_weighs_the_rare_classes_of_the_labelled_images(small_street, tmp_path):
+    from locseg.train.segmentation import ResizedImages, labelled_class_weights
+
+    training, _ = select_images([small_street], TINY)
+    weight = labelled_class_weights(training, ResizedImages(TINY.max_side), 0.5)
+    road, traffic_light, truck = 0, 6, 14   # truck: no pixel in the street
+    assert weight.shape == (19,) and weight[traffic_light] > 1 > weight[road] and weight[truck] == 1
+    config = dataclasses.replace(TINY, iterations=2, warmup=2, class_balance=0.5)
+    history = load_checkpoint(train_segmentation([small_street], tmp_path / "cb.pt", config)).metrics["history"]
+    assert len(history) == 2 and all(np.isfinite(h["sup"]) for h in history)

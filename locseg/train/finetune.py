@@ -4,7 +4,9 @@ Seed 002 (sections 3.3, 3.4, 4.2): a Siamese backbone takes one image pair per
 step. At every hypercolumn level, 1024 random true correspondences are the
 positives, and one negative per positive is mined progressively from the other
 image (outside radius alpha of the true match, drawn among the M hardest,
-M = max(5, 300 e^(-0.6 k / 10000))). The loss is the double-margin contrastive
+M = max(5, 300 e^(-0.6 k / 10000))); a run that continues earlier ones
+reads the schedule at k = ``mining_offset`` + its own step, so the negatives keep
+getting harder across runs instead of starting over. The loss is the double-margin contrastive
 loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and AdamW
 (weight decay 0.05) minimises it.
 
@@ -62,9 +64,12 @@ class FinetuneConfig:
     validation_pairs: int = 8             # held out of training, every k-th file
     validation_points: int = 500
     seed: int = 0
+    mining_offset: int = 0                # steps of the runs this one continues: M is read at offset + step
     loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
 
     def __post_init__(self) -> None:
+        if self.mining_offset < 0:
+            raise InputError(f"mining_offset must be >= 0 (the steps of earlier runs), got {self.mining_offset}")
         if self.lr is None:
             object.__setattr__(self, "lr", PRETRAINED_LR if self.init else SCRATCH_LR)
 
@@ -119,7 +124,7 @@ def training_step(model: Hypercolumns, sample: PairSample, step: int, config: Fi
     keep = sample_positives(len(points_a), config.positives, generator)
     loss, breakdown = total_finetune_loss(
         level_maps(model, sample.image_a), level_maps(model, sample.image_b), points_a[keep], points_b[keep],
-        size_a, size_b, mining_pool_size(step), config.loss, generator, strides=strides)
+        size_a, size_b, mining_pool_size(step + config.mining_offset), config.loss, generator, strides=strides)
     return loss, {k: float(v) for k, v in breakdown.items() if "/" not in k}
 
 

@@ -1,6 +1,9 @@
 """Losses for segmentation trained on labels and on cross-condition correspondences (seed 000, section 3).
 
-- ``supervised_loss``: pixel-wise cross-entropy against trainIds, 255 ignored.
+- ``supervised_loss``: pixel-wise cross-entropy against trainIds, 255 ignored,
+  optionally weighted per class (``class_weights``: ``(median f / f_c) ** power``
+  from the labelled pixels' class frequencies f, so thin classes such as poles and
+  signs are not drowned by road and building).
 - ``correspondence_ce`` (CE): cross-entropy of the target image's final layer at
   x_t against the class the reference image predicts at x_r (its argmax):
   ``-1/N sum_i log softmax(d_t(x_t_i))[argmax d_r(x_r_i)]``.
@@ -20,6 +23,7 @@ owns the pixel convention).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,11 +36,13 @@ CORRESPONDENCE_LOSSES = ("ce", "hinge-c", "hinge-f")
 """CE, HingeC (final layer) and HingeF (penultimate features), seed 000."""
 
 
-def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
-    """Mean cross-entropy over the labelled pixels.
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled pixels (weighted mean with ``weight``).
 
     Args:
         logits: (B, C, H, W). labels: (B, H, W) integer trainIds, ``ignore_index`` ignored.
+        weight: (C,) per-class weights (``class_weights``), or None for all 1.
     Returns:
         scalar; 0 (still connected to ``logits``) when no pixel is labelled.
     """
@@ -45,7 +51,33 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: in
     labels = labels.long()
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0
-    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index)
+
+
+def class_weights(counts: np.ndarray, power: float = 0.5, max_ratio: float = 10.0) -> torch.Tensor:
+    """Per-class loss weights from labelled pixel counts.
+
+    ``w_c = (median f / f_c) ** power`` over the classes present (f the pixel
+    frequencies), clipped to ``[1 / max_ratio, max_ratio]``; classes without a pixel
+    get 1 (they never appear as a target). Power 0 gives all ones, 0.5 inverse
+    square-root frequency, 1 inverse frequency.
+
+    Args:
+        counts: (C,) labelled pixels per class (ignore excluded).
+    Returns:
+        (C,) float32 weights.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
+        raise InputError(f"class counts must be a non-negative (C,) vector with some pixels, got {counts!r}")
+    if not (power >= 0 and max_ratio >= 1):
+        raise InputError(f"need power >= 0 and max_ratio >= 1, got {power}, {max_ratio}")
+    present = counts > 0
+    frequency = counts / counts.sum()
+    weights = np.ones_like(frequency)
+    weights[present] = np.clip((np.median(frequency[present]) / frequency[present]) ** power,
+                               1.0 / max_ratio, max_ratio)
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 def _check_pairs(reference: torch.Tensor, target: torch.Tensor) -> None:

@@ -51,6 +51,9 @@ from ..errors import InputError
 from ..evaluate.segmentation import SegAccumulator, SegEvaluation, read_label_png
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.segmentation import (
+    AUX_LAYER,
+    HEAD_LAYER,
+    NUM_CLASSES,
     SegmentationModel,
     SegModelConfig,
     segmentation_metadata,
@@ -62,6 +65,7 @@ from .pairs import CorrespondencePairs, PairSample
 from .run import Run
 from .seg_losses import (
     CORRESPONDENCE_LOSSES,
+    class_weights,
     combine,
     correspondence_loss,
     supervised_loss,
@@ -82,6 +86,8 @@ class SegConfig:
 
     backbone: str = "vgg16-slim"
     backbone_mode: str = "finetune"
+    head_layer: int = HEAD_LAYER          # backbone layer entering the PSP head (28: relu5_2, stride 16)
+    aux_layer: int = AUX_LAYER            # backbone layer entering the auxiliary head (21: relu4_2, stride 8)
     init: str | None = None               # None: the bundled slim features (frozen, finetune), random (separate);
                                           # a whole segmentation model is continued
     max_side: int = DEFAULT_TRAIN_SIDE
@@ -94,6 +100,7 @@ class SegConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     aux_weight: float = 0.4
+    class_balance: float = 0.0            # power of class_weights: 0 plain CE, 0.5 inverse sqrt frequency
     correspondence_loss: str = "ce"
     correspondence_weight: float = 1.0    # lambda
     warmup: int = 500
@@ -114,7 +121,7 @@ class SegConfig:
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
         if self.crop is not None and self.crop < 32:
             raise InputError(f"crop must be at least 32 pixels (the head's stride is 16), got {self.crop}")
-        for name in ("correspondence_weight", "aux_weight", "lr", "weight_decay"):
+        for name in ("correspondence_weight", "aux_weight", "class_balance", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init is None and self.backbone_mode != "separate":
@@ -126,7 +133,8 @@ class SegConfig:
             object.__setattr__(self, "backbone_lr_scale", _BACKBONE_LR_SCALE[self.backbone_mode])
 
     def model_config(self) -> SegModelConfig:
-        return SegModelConfig(backbone=self.backbone, frozen_backbone=self.backbone_mode == "frozen")
+        return SegModelConfig(backbone=self.backbone, head_layer=self.head_layer, aux_layer=self.aux_layer,
+                              frozen_backbone=self.backbone_mode == "frozen")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -316,14 +324,15 @@ def poly_lr(optimizer: torch.optim.Optimizer, step: int, config: SegConfig) -> N
 # --------------------------------------------------------------------------- one step
 
 def supervised_term(model: SegmentationModel, image: torch.Tensor, labels: torch.Tensor,
-                    config: SegConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of the main head plus ``aux_weight`` times the auxiliary head's, for one image."""
+                    config: SegConfig, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the main head plus ``aux_weight`` times the auxiliary head's, for one
+    image; ``weight`` (19,) weighs the classes (``class_weights``)."""
     out = model(image[None], aux=config.aux_weight > 0)
     size = image.shape[-2:]
-    main = supervised_loss(upsample_to_pixels(out.logits, out.stride, size), labels[None])
+    main = supervised_loss(upsample_to_pixels(out.logits, out.stride, size), labels[None], weight=weight)
     loss, parts = main, {"sup": float(main.detach())}
     if out.aux_logits is not None:
-        aux = supervised_loss(upsample_to_pixels(out.aux_logits, out.aux_stride, size), labels[None])
+        aux = supervised_loss(upsample_to_pixels(out.aux_logits, out.aux_stride, size), labels[None], weight=weight)
         loss = loss + config.aux_weight * aux
         parts["aux"] = float(aux.detach())
     return loss, parts
@@ -350,10 +359,11 @@ def correspondence_term(model: SegmentationModel, sample: PairSample, config: Se
 
 
 def training_step(model: SegmentationModel, labelled: tuple[torch.Tensor, torch.Tensor],
-                  pair: PairSample | None, config: SegConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss of one step and its parts; ``pair`` None (warm-up) gives L_sup alone."""
-    loss, parts = supervised_term(model, *labelled, config)
+                  pair: PairSample | None, config: SegConfig, generator: torch.Generator,
+                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss of one step and its parts; ``pair`` None (warm-up) gives L_sup alone;
+    ``weight`` (19,) weighs the supervised loss's classes."""
+    loss, parts = supervised_term(model, *labelled, config, weight)
     if pair is not None:
         correspondence, corr_parts = correspondence_term(model, pair, config, generator)
         loss = combine(loss, correspondence, config.correspondence_weight)
@@ -399,6 +409,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     training_images, validation_images = select_images(datasets, config)
     images = ResizedImages(config.max_side)
     pairs = _pairs(datasets, images) if config.correspondence_weight > 0 else None
+    weight = labelled_class_weights(training_images, images, config.class_balance) if config.class_balance else None
     model = build_model(config)
     optimizer = make_optimizer(model, config)
     run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
@@ -416,7 +427,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         step_seed = int(torch.randint(2 ** 62, (1,), generator=run.generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed)
-            loss, parts = training_step(model, labelled, pair, config, run.generator)
+            loss, parts = training_step(model, labelled, pair, config, run.generator, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -433,6 +444,14 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     run.save()
     export_weights(model, output.with_suffix(".safetensors"), config)
     return output
+
+
+def labelled_class_weights(items: Sequence[LabelledImage], images: ResizedImages, power: float) -> torch.Tensor:
+    """(19,) ``class_weights`` of the labelled pixels of ``items`` at the training size."""
+    counts = np.zeros(256, dtype=np.int64)
+    for item in items:
+        counts += np.bincount(images.labelled(item)[1].numpy().ravel(), minlength=256)
+    return class_weights(counts[:NUM_CLASSES], power)
 
 
 def _pairs(datasets: Sequence[Path], images: ResizedImages) -> CachedPairs:
