@@ -39,9 +39,9 @@ def test_cityscapes_conventions():
 def test_outputs_and_their_grids():
     model = SegmentationModel(SegModelConfig()).eval()
     out = model(torch.randn(2, 3, 72, 100), aux=True)
-    assert out.logits.shape == (2, 19, 4, 6) and out.stride == 16
-    assert out.features.shape == (2, 128, 4, 6)
-    assert out.aux_logits.shape == (2, 19, 9, 12) and out.aux_stride == 8
+    assert out.logits.shape == (2, 19, 9, 12) and out.stride == 8
+    assert out.features.shape == (2, 128, 9, 12)
+    assert out.aux_logits.shape == (2, 19, 18, 25) and out.aux_stride == 4
     assert model.predict(torch.randn(1, 3, 72, 100)).shape == (1, 19, 72, 100)
 
 

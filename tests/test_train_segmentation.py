@@ -130,3 +130,12 @@ def test_class_balance_weighs_the_rare_classes_of_the_labelled_images(small_stre
     config = dataclasses.replace(TINY, iterations=2, warmup=2, class_balance=0.5)
     history = load_checkpoint(train_segmentation([small_street], tmp_path / "cb.pt", config)).metrics["history"]
     assert len(history) == 2 and all(np.isfinite(h["sup"]) for h in history)
+
+
+def test_the_bundled_segmentation_model_loads_by_name_and_segments():
+    from locseg.models.segmentation import load_segmentation_model
+
+    model = load_segmentation_model("synthseasons-slim-pspnet-v1")   # checks the sha256
+    assert (model.stride, model.config.head_layer) == (8, 23)
+    with torch.no_grad():
+        assert model.predict(torch.zeros(1, 3, 64, 96)).shape == (1, 19, 64, 96)

@@ -14,18 +14,18 @@ Conventions (stated here once for locseg):
   at pixels with ``sample_feature_map`` (``upsample_to_pixels`` for a whole image).
 
 Architecture (Zhao et al., PSPNet, CVPR 2017, as used by seed 000): the backbone's
-activations entering ``head_layer`` (default 28, the relu5_2 output, stride 16) go through a
+activations entering ``head_layer`` (default 23, the relu4_3 output, stride 8) go through a
 pyramid pooling module (average pooling to 1x1, 2x2, 3x3 and 6x6 bins, 1x1
 convolution to C/4 channels each, bilinear upsampling, concatenation with the input),
 a 3x3 convolution to ``head_channels`` (the *penultimate features*) and a 1x1
 classifier to 19 logits (the *final layer*). An auxiliary head (3x3 convolution,
-1x1 classifier) on the activations entering ``aux_layer`` (default 21, the relu4_2
-output, stride 8) adds a deep-supervision loss during training. Both default layers
-are hypercolumn layers (``hypercolumn.DEFAULT_LAYERS``): the feature training never
-reaches conv5_3, so in the bundled slim weights it is still random, and a frozen
-backbone shared with the localizer costs no extra backbone computation. Normalisation is GroupNorm,
-not BatchNorm, so a batch of one image trains and a window predicts independently
-of the other windows.
+1x1 classifier) on the activations entering ``aux_layer`` (default 16, the relu3_3
+output, stride 4) adds a deep-supervision loss during training. Stride 8 keeps poles and
+signs, a few pixels wide, from vanishing inside one cell (benchmarks/RESULTS.md: stride 16
+left them at 0 IoU). Both default layers feed the hypercolumns' pooled levels, so the
+feature training reaches them (conv5_3 it never reaches: in the bundled slim weights it
+is still random). Normalisation is GroupNorm, not BatchNorm, so a batch of one image
+trains and a window predicts independently of the other windows.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ PALETTE = np.array([
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 ], dtype=np.uint8)
 """(19, 3) RGB colour of each trainId (Cityscapes' own)."""
-HEAD_LAYER = 28
-AUX_LAYER = 21
+HEAD_LAYER = 23
+AUX_LAYER = 16
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -213,7 +213,7 @@ class SegmentationModel(nn.Module):
         >>> model = SegmentationModel(SegModelConfig()).eval()
         >>> out = model(torch.zeros(1, 3, 64, 96))
         >>> out.logits.shape, out.stride, model.predict(torch.zeros(1, 3, 64, 96)).shape
-        (torch.Size([1, 19, 4, 6]), 16, torch.Size([1, 19, 64, 96]))
+        (torch.Size([1, 19, 8, 12]), 8, torch.Size([1, 19, 64, 96]))
     """
 
     def __init__(self, config: SegModelConfig = SegModelConfig(), backbone: VGG16 | None = None):

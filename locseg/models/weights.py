@@ -551,3 +551,9 @@ register_bundled(
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v3, k-means then 3000 "
     "triplet steps on cached features of SynthSeasons train streets 0-4 (benchmarks/RESULTS.md)",
     model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v1.safetensors",
+    "bf65550097a2450de440cedc91ce1235112e047338429833a3836b3948c83f55",
+    "segmentation: PSP head on relu4_3 (stride 8) of synthseasons-slim-dmcgn-v3, fine-tuned with "
+    "class-balanced cross-entropy on SynthSeasons train streets 0-2 at 512 px, 3000 steps (benchmarks/RESULTS.md)",
+    model="vgg16-slim")

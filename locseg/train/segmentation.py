@@ -15,7 +15,8 @@ and, after ``warmup`` steps, one correspondence pair, and minimises
     L = (L_sup + lambda L_corr) / (1 + lambda),
 
 ``L_sup`` the cross-entropy of the main head plus ``aux_weight`` times that of the
-auxiliary head (255 ignored), ``L_corr`` one of the correspondence losses of
+auxiliary head (255 ignored; each class weighed by ``(median f / f_c) ** class_balance``
+over the labelled pixels' class frequencies f, so that thin classes are learned), ``L_corr`` one of the correspondence losses of
 ``locseg.train.seg_losses`` (CE, HingeC, HingeF) between the reference image, run
 in eval mode and without gradient, and the other image, after dropping the
 correspondences whose reference pixel is predicted as a non-stationary class.
@@ -72,9 +73,9 @@ from .seg_losses import (
 )
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
-DEFAULT_BACKBONE_WEIGHTS = "synthseasons-slim-dmcgn-interim"
+DEFAULT_BACKBONE_WEIGHTS = "synthseasons-slim-dmcgn-v3"
 BACKBONE_MODES = ("frozen", "finetune", "separate")
-DEFAULT_TRAIN_SIDE = 256    # longer side of training inputs: 256x192 for SynthSeasons' 512x384
+DEFAULT_TRAIN_SIDE = 512    # longer side of training inputs: SynthSeasons' own 512x384
 MIN_POINTS = 8              # fewer correspondences left after the filter: no correspondence loss
 _BACKBONE_LR_SCALE = {"frozen": 0.0, "finetune": 0.1, "separate": 1.0}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -86,21 +87,21 @@ class SegConfig:
 
     backbone: str = "vgg16-slim"
     backbone_mode: str = "finetune"
-    head_layer: int = HEAD_LAYER          # backbone layer entering the PSP head (28: relu5_2, stride 16)
-    aux_layer: int = AUX_LAYER            # backbone layer entering the auxiliary head (21: relu4_2, stride 8)
+    head_layer: int = HEAD_LAYER          # backbone layer entering the PSP head (23: relu4_3, stride 8)
+    aux_layer: int = AUX_LAYER            # backbone layer entering the auxiliary head (16: relu3_3, stride 4)
     init: str | None = None               # None: the bundled slim features (frozen, finetune), random (separate);
                                           # a whole segmentation model is continued
     max_side: int = DEFAULT_TRAIN_SIDE
     crop: int | None = None               # random square crops of this size; None: whole images
     flip: bool = True
-    iterations: int = 2000
+    iterations: int = 3000
     lr: float = 0.01
     backbone_lr_scale: float | None = None  # None: 0.1 for finetune, 1 for separate
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     aux_weight: float = 0.4
-    class_balance: float = 0.0            # power of class_weights: 0 plain CE, 0.5 inverse sqrt frequency
+    class_balance: float = 0.5            # power of class_weights: 0 plain CE, 0.5 inverse sqrt frequency
     correspondence_loss: str = "ce"
     correspondence_weight: float = 1.0    # lambda
     warmup: int = 500
@@ -120,7 +121,7 @@ class SegConfig:
             raise InputError(f"unknown correspondence loss {self.correspondence_loss!r}; "
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
         if self.crop is not None and self.crop < 32:
-            raise InputError(f"crop must be at least 32 pixels (the head's stride is 16), got {self.crop}")
+            raise InputError(f"crop must be at least 32 pixels, got {self.crop}")
         for name in ("correspondence_weight", "aux_weight", "class_balance", "lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -201,7 +202,7 @@ def select_images(datasets: Sequence[str | Path], config: SegConfig) -> tuple[li
 class ResizedImages:
     """Images resized so that the longer side is ``max_side``, and labels resized to
     them, loaded once and kept in memory as uint8 (the precision of the files): about
-    150 kB per image at 256 x 192, and it saves the resizing (~0.1 s) on every reuse.
+    600 kB per image at 512 x 384, and it saves the resizing (~0.1 s) on every reuse.
     """
 
     def __init__(self, max_side: int):
