@@ -41,7 +41,8 @@ def main() -> None:
     for index in range(0, len(pairs), args.every):
         sample = pairs[index]
         keep = torch.randperm(len(sample.points_a), generator=generator)[: args.points]
-        error = (match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep]) - sample.points_b[keep]).norm(dim=1)
+        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
+        error = (found - sample.points_b[keep]).norm(dim=1)
         for group in ("all", sample.condition):
             total[group] += len(error)
             within[group] += torch.tensor([float((error <= r).sum()) for r in RADII])

@@ -34,9 +34,9 @@ _DEFAULTS = SegConfig()
                    "finetune: train it at 0.1x the rate; separate: a backbone of its own, random unless --init. "
                    "An --init that is a whole segmentation model (heads included) is continued.")
 @click.option("--head-layer", type=click.IntRange(min=1), default=_DEFAULTS.head_layer, show_default=True,
-              help="Backbone layer whose input feeds the PSP head (28: relu5_2, stride 16; 23: relu4_3, stride 8).")
+              help="Backbone layer whose input feeds the PSP head (23: relu4_3, stride 8; 28: relu5_2, stride 16).")
 @click.option("--aux-layer", type=click.IntRange(min=1), default=_DEFAULTS.aux_layer, show_default=True,
-              help="Backbone layer whose input feeds the auxiliary head (21: relu4_2, stride 8; 16: relu3_3, stride 4).")
+              help="Backbone layer whose input feeds the auxiliary head (16: relu3_3, stride 4; 21: relu4_2).")
 @click.option("--class-balance", type=click.FloatRange(min=0), default=_DEFAULTS.class_balance, show_default=True,
               help="Weigh each class's cross-entropy by (median frequency / its frequency) ** this "
                    "(0: plain; 0.5: inverse square root), clipped to [0.1, 10].")
@@ -59,11 +59,13 @@ _DEFAULTS = SegConfig()
               help="Steps between mIoU checks on held-out images (0: never); the best weights go to .best.safetensors.")
 def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, checkpoint_every: int, seed: int, resume: bool, backbone_mode: str,
-              head_layer: int, aux_layer: int, class_balance: float, correspondence_loss: str, correspondence_weight: float, margin: float, warmup: int, crop: int | None,
+              head_layer: int, aux_layer: int, class_balance: float, correspondence_loss: str,
+              correspondence_weight: float, margin: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
-                       head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance, max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
+                       head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
+                       max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
                        margin=margin, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)

@@ -16,9 +16,10 @@ and, after ``warmup`` steps, one correspondence pair, and minimises
 
 ``L_sup`` the cross-entropy of the main head plus ``aux_weight`` times that of the
 auxiliary head (255 ignored; each class weighed by ``(median f / f_c) ** class_balance``
-over the labelled pixels' class frequencies f, so that thin classes are learned), ``L_corr`` one of the correspondence losses of
-``locseg.train.seg_losses`` (CE, HingeC, HingeF) between the reference image, run
-in eval mode and without gradient, and the other image, after dropping the
+over the labelled pixels' class frequencies f, so that thin classes are learned),
+``L_corr`` one of the correspondence losses of ``locseg.train.seg_losses`` (CE,
+HingeC, HingeF) between the reference image, run in eval mode and without gradient,
+and the other image, after dropping the
 correspondences whose reference pixel is predicted as a non-stationary class.
 Before the warm-up ends, L = L_sup. SGD with momentum and weight decay as in the
 seed, with PSPNet's poly learning-rate decay.
