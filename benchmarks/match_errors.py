@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from locseg.evaluate.matching import match_dense
+from locseg.evaluate.matching import match_errors
 from locseg.models.hypercolumn import DEFAULT_LAYERS
 from locseg.train.finetune import FinetuneConfig, build_model
 from locseg.train.pairs import CorrespondencePairs
@@ -36,16 +36,12 @@ def main() -> None:
     layers = tuple(int(x) for x in args.layers.split(","))
     pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
     model = build_model(FinetuneConfig(init=args.weights, layers=layers)).eval()
-    generator = torch.Generator().manual_seed(0)
+    radii = torch.tensor(RADII, dtype=torch.float32)
     within, total = defaultdict(lambda: torch.zeros(len(RADII))), defaultdict(int)
-    for index in range(0, len(pairs), args.every):
-        sample = pairs[index]
-        keep = torch.randperm(len(sample.points_a), generator=generator)[: args.points]
-        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
-        error = (found - sample.points_b[keep]).norm(dim=1)
-        for group in ("all", sample.condition):
+    for condition, error in match_errors(model, pairs, args.points, indices=range(0, len(pairs), args.every)):
+        for group in ("all", condition):
             total[group] += len(error)
-            within[group] += torch.tensor([float((error <= r).sum()) for r in RADII])
+            within[group] += (error[:, None] <= radii).sum(0)
     print("| condition | " + " | ".join(f"≤ {r} px" for r in RADII) + " |")
     print("|---" * (len(RADII) + 1) + "|")
     for group in ["all"] + sorted(g for g in total if g != "all"):

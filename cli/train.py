@@ -58,7 +58,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="lambda, the Gauss-Newton loss's weight against DMC (0: DMC only).")
 @click.option("--neg-radius", type=click.FloatRange(min=0), default=FinetuneLossConfig().neg_radius, show_default=True,
               help="alpha: negatives lie farther than this many cells (of each level's own grid) from the true match.")
-@click.option("--mining-offset", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--mining-offset", type=click.IntRange(min=0), default=FinetuneConfig().mining_offset, show_default=True,
               help="Steps of the earlier runs this one continues (--init); the mining schedule goes on from there.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,

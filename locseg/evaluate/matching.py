@@ -10,7 +10,7 @@ measured on its own. Results are grouped by the condition of image b.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,19 +59,29 @@ def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tenso
     return centres.reshape(-1, 2)[similarity.argmax(dim=1)]
 
 
+def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
+                 indices: Sequence[int] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """For each pair (all, or those of ``indices``): the condition of image b and the (N,)
+    pixel distances between the dense argmax match (``match_dense``) and the true match, for
+    at most ``max_points`` true correspondences drawn with a generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = range(len(pairs)) if indices is None else indices
+    model.eval()
+    for done, index in enumerate(indices, start=1):
+        sample = pairs[index]
+        keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
+        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
+        yield sample.condition, (found - sample.points_b[keep]).norm(dim=1)
+        if progress:
+            progress("matching", done, len(indices))
+
+
 def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshold: float = 4.0,
                        max_points: int = 1000, seed: int = 0,
                        progress: Callable[[str, int, int], None] | None = None) -> MatchingPrecision:
     """Matching precision of ``model`` over ``pairs`` (at most ``max_points`` per pair)."""
-    generator = torch.Generator().manual_seed(seed)
     result = MatchingPrecision(threshold)
-    model.eval()
-    for index in range(len(pairs)):
-        sample = pairs[index]
-        keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
-        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
-        error = (found - sample.points_b[keep]).norm(dim=1)
-        result.add(sample.condition, int((error <= threshold).sum()), len(keep))
-        if progress:
-            progress("matching", index + 1, len(pairs))
+    for condition, error in match_errors(model, pairs, max_points, seed, progress=progress):
+        result.add(condition, int((error <= threshold).sum()), len(error))
     return result
