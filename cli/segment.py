@@ -40,6 +40,9 @@ _DEFAULTS = SegConfig()
 @click.option("--class-balance", type=click.FloatRange(min=0), default=_DEFAULTS.class_balance, show_default=True,
               help="Weigh each class's cross-entropy by (median frequency / its frequency) ** this "
                    "(0: plain; 0.5: inverse square root), clipped to [0.1, 10].")
+@click.option("--balance-correspondences", is_flag=True,
+              help="Weigh each correspondence by the class weight (--class-balance) of the class the reference "
+                   "predicts there.")
 @click.option("--loss", "correspondence_loss", type=click.Choice(CORRESPONDENCE_LOSSES),
               default=_DEFAULTS.correspondence_loss, show_default=True,
               help="Correspondence loss: ce, hinge-c (final layer) or hinge-f (penultimate features).")
@@ -59,12 +62,14 @@ _DEFAULTS = SegConfig()
               help="Steps between mIoU checks on held-out images (0: never); the best weights go to .best.safetensors.")
 def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, checkpoint_every: int, seed: int, resume: bool, backbone_mode: str,
-              head_layer: int, aux_layer: int, class_balance: float, correspondence_loss: str,
+              head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
+              correspondence_loss: str,
               correspondence_weight: float, margin: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
                        head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
+                       balance_correspondences=balance_correspondences,
                        max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
                        margin=margin, warmup=warmup, labels_per_condition=labels_per_condition,

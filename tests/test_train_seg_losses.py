@@ -125,3 +125,33 @@ def test_weighted_supervised_loss_is_the_weighted_mean_by_hand():
     ce1 = -torch.log_softmax(torch.tensor([0.0, 1.0, 3.0]), 0)[2]
     expected = (0.5 * ce0 + 4.0 * ce1) / 4.5
     torch.testing.assert_close(supervised_loss(logits, labels, weight=weight), expected)
+
+
+def test_class_weighted_correspondence_losses_by_hand():
+    """Reference classes 0 and 2 weigh 1 and 3: each point counts by its reference class."""
+    weight = torch.tensor([1.0, 5.0, 3.0])
+    reference = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # argmax: class 0, class 2
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(2)]])
+    ce = correspondence_ce(reference, target, weight)
+    assert ce.item() == pytest.approx((1 * math.log(3) + 3 * math.log(2)) / 4)
+    # hinge: cosines of (2, 0, 0)/(1, 1, 1) and (0, 0, 1)/(0, 0, 1) are 1/sqrt(3) and 1
+    hinge = correspondence_hinge(reference, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]), margin=0.8,
+                                 point_weight=weight[reference.argmax(dim=1)])
+    assert hinge.item() == pytest.approx(1 * (0.8 - 3 ** -0.5) / 4)
+    with pytest.raises(ShapeError):
+        correspondence_hinge(reference, target, point_weight=torch.ones(3))
+
+
+def test_correspondence_loss_weighs_points_by_the_reference_class():
+    # The reference sees road (weight 1) and building (weight 3); the car (dropped) weighs 10.
+    reference_logits = torch.nn.functional.one_hot(torch.tensor([0, 13, 2]), NUM_CLASSES).float() * 5
+    target_logits = torch.zeros(3, NUM_CLASSES)
+    target_logits[0, 0] = math.log(2)             # road's partner already leans to road
+    features = torch.ones(3, 2)
+    weight = torch.ones(NUM_CLASSES)
+    weight[2], weight[13] = 3.0, 10.0
+    points = torch.tensor([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5]])
+    loss, used = correspondence_loss("ce", _output(reference_logits, features), _output(target_logits, features),
+                                     points, points, weight=weight)
+    road = -math.log(2 / (NUM_CLASSES + 1))
+    assert used == 2 and loss.item() == pytest.approx((road + 3 * math.log(NUM_CLASSES)) / 4)

@@ -130,6 +130,11 @@ def test_class_balance_weighs_the_rare_classes_of_the_labelled_images(small_stre
     config = dataclasses.replace(TINY, iterations=2, warmup=2, class_balance=0.5)
     history = load_checkpoint(train_segmentation([small_street], tmp_path / "cb.pt", config)).metrics["history"]
     assert len(history) == 2 and all(np.isfinite(h["sup"]) for h in history)
+    balanced = dataclasses.replace(TINY, iterations=2, warmup=1, balance_correspondences=True)
+    history = load_checkpoint(train_segmentation([small_street], tmp_path / "bc.pt", balanced)).metrics["history"]
+    assert "corr" in history[1] and np.isfinite(history[1]["corr"])
+    with pytest.raises(InputError, match="class_balance"):
+        dataclasses.replace(TINY, class_balance=0, balance_correspondences=True)
 
 
 def test_the_bundled_segmentation_model_loads_by_name_and_segments():

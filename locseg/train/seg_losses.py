@@ -14,6 +14,11 @@
   bicycle is dropped.
 - ``combine``: ``(L_sup + lambda L_corr) / (1 + lambda)``.
 
+With ``weight`` (C,) given, a correspondence loss becomes the weighted mean over its
+correspondences, each weighed by ``weight`` of the class the reference predicts there
+(for CE, exactly ``F.cross_entropy``'s ``weight``), so that the classes the
+correspondences rarely cover (poles, signs) are not outvoted by road and building.
+
 The reference side never carries gradient: callers compute it under
 ``torch.no_grad()``, and the losses detach it again. Per-point values are rows of
 (N, C) tensors, sampled from the models' maps at the correspondences
@@ -86,24 +91,32 @@ def _check_pairs(reference: torch.Tensor, target: torch.Tensor) -> None:
                 tuple(target.shape) == tuple(reference.shape))
 
 
-def correspondence_ce(reference_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+def correspondence_ce(reference_logits: torch.Tensor, target_logits: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
     """CE: (N, C) logits of the reference and target images at N correspondences -> scalar
-    (0 for N = 0)."""
+    (0 for N = 0); ``weight`` (C,) weighs each correspondence by its reference class."""
     _check_pairs(reference_logits, target_logits)
     if len(target_logits) == 0:
         return target_logits.sum() * 0
-    return F.cross_entropy(target_logits, reference_logits.detach().argmax(dim=1))
+    return F.cross_entropy(target_logits, reference_logits.detach().argmax(dim=1), weight=weight)
 
 
-def correspondence_hinge(reference: torch.Tensor, target: torch.Tensor, margin: float = HINGE_MARGIN) -> torch.Tensor:
-    """HingeC / HingeF: (N, F) features of both images -> mean ``max(0, margin - cos)`` (0 for N = 0).
+def correspondence_hinge(reference: torch.Tensor, target: torch.Tensor, margin: float = HINGE_MARGIN,
+                         point_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """HingeC / HingeF: (N, F) features of both images -> mean ``max(0, margin - cos)`` (0 for N = 0),
+    weighted by ``point_weight`` (N,) when given.
 
     Features are L2-normalised first (a zero vector stays zero, cosine 0)."""
     _check_pairs(reference, target)
     if len(target) == 0:
         return target.sum() * 0
     cosine = (F.normalize(reference.detach(), dim=1) * F.normalize(target, dim=1)).sum(dim=1)
-    return (margin - cosine).clamp(min=0).mean()
+    hinge = (margin - cosine).clamp(min=0)
+    if point_weight is None:
+        return hinge.mean()
+    check_shape("point_weight", tuple(point_weight.shape), f"({len(target)},)",
+                tuple(point_weight.shape) == (len(target),))
+    return (point_weight * hinge).sum() / point_weight.sum().clamp(min=torch.finfo(hinge.dtype).tiny)
 
 
 def stationary(reference_logits: torch.Tensor, non_stationary: tuple[int, ...] = NON_STATIONARY) -> torch.Tensor:
@@ -121,7 +134,8 @@ def combine(supervised: torch.Tensor, correspondence: torch.Tensor, weight: floa
 
 
 def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, points_reference: torch.Tensor,
-                        points_target: torch.Tensor, margin: float = HINGE_MARGIN) -> tuple[torch.Tensor, int]:
+                        points_target: torch.Tensor, margin: float = HINGE_MARGIN,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """One correspondence loss between a reference and a target image, after the non-stationary filter.
 
     Args:
@@ -129,6 +143,7 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
         reference, target: model outputs for one image each (batch 1); the reference
             computed without gradient.
         points_reference, points_target: (N, 2) corresponding COLMAP pixels of the two inputs.
+        weight: (C,) class weights applied by the reference's predicted class, or None.
     Returns:
         the loss (0 when no correspondence is left) and how many correspondences it used.
     """
@@ -145,9 +160,12 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
     reference_logits = at(reference, "logits", points_reference).detach()
     keep = stationary(reference_logits)
     points_reference, points_target = points_reference[keep], points_target[keep]
+    reference_logits = reference_logits[keep]
     if kind == "ce":
-        loss = correspondence_ce(reference_logits[keep], at(target, "logits", points_target))
+        loss = correspondence_ce(reference_logits, at(target, "logits", points_target), weight)
     else:
         name = "logits" if kind == "hinge-c" else "features"
-        loss = correspondence_hinge(at(reference, name, points_reference), at(target, name, points_target), margin)
+        point_weight = None if weight is None else weight[reference_logits.argmax(dim=1)]
+        loss = correspondence_hinge(at(reference, name, points_reference), at(target, name, points_target), margin,
+                                    point_weight)
     return loss, int(keep.sum())

@@ -20,7 +20,9 @@ over the labelled pixels' class frequencies f, so that thin classes are learned)
 ``L_corr`` one of the correspondence losses of ``locseg.train.seg_losses`` (CE,
 HingeC, HingeF) between the reference image, run in eval mode and without gradient,
 and the other image, after dropping the
-correspondences whose reference pixel is predicted as a non-stationary class.
+correspondences whose reference pixel is predicted as a non-stationary class
+(with ``balance_correspondences``, each correspondence weighed by the class weight
+of the reference's prediction there, the same weights as L_sup's).
 Before the warm-up ends, L = L_sup. SGD with momentum and weight decay as in the
 seed, with PSPNet's poly learning-rate decay.
 
@@ -103,6 +105,7 @@ class SegConfig:
     poly_power: float = 0.9
     aux_weight: float = 0.4
     class_balance: float = 0.5            # power of class_weights: 0 plain CE, 0.5 inverse sqrt frequency
+    balance_correspondences: bool = False  # weigh L_corr's points by the class weight of the reference's class
     correspondence_loss: str = "ce"
     correspondence_weight: float = 1.0    # lambda
     warmup: int = 500
@@ -121,6 +124,8 @@ class SegConfig:
         if self.correspondence_loss not in CORRESPONDENCE_LOSSES:
             raise InputError(f"unknown correspondence loss {self.correspondence_loss!r}; "
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
+        if self.balance_correspondences and self.class_balance == 0:
+            raise InputError("balance_correspondences needs class weights: set class_balance > 0 (e.g. 0.5)")
         if self.crop is not None and self.crop < 32:
             raise InputError(f"crop must be at least 32 pixels, got {self.crop}")
         for name in ("correspondence_weight", "aux_weight", "class_balance", "lr", "weight_decay"):
@@ -341,9 +346,11 @@ def supervised_term(model: SegmentationModel, image: torch.Tensor, labels: torch
 
 
 def correspondence_term(model: SegmentationModel, sample: PairSample, config: SegConfig,
-                        generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                        generator: torch.Generator,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The correspondence loss of one pair (reference first): the reference without
-    gradient in eval mode, at most ``max_points`` correspondences drawn from ``generator``."""
+    gradient in eval mode, at most ``max_points`` correspondences drawn from ``generator``;
+    ``weight`` (19,) weighs the correspondences by the reference's class."""
     points_r, points_t = sample.points_a, sample.points_b
     if len(points_r) > config.max_points:
         keep = torch.randperm(len(points_r), generator=generator)[: config.max_points]
@@ -354,7 +361,8 @@ def correspondence_term(model: SegmentationModel, sample: PairSample, config: Se
         reference = model(sample.image_a[None])
     model.train(training)
     target = model(sample.image_b[None])
-    loss, used = correspondence_loss(config.correspondence_loss, reference, target, points_r, points_t, config.margin)
+    loss, used = correspondence_loss(config.correspondence_loss, reference, target, points_r, points_t, config.margin,
+                                     weight)
     if used < MIN_POINTS:
         loss = loss * 0
     return loss, {"corr": float(loss.detach()), "points": float(used)}
@@ -364,10 +372,12 @@ def training_step(model: SegmentationModel, labelled: tuple[torch.Tensor, torch.
                   pair: PairSample | None, config: SegConfig, generator: torch.Generator,
                   weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss of one step and its parts; ``pair`` None (warm-up) gives L_sup alone;
-    ``weight`` (19,) weighs the supervised loss's classes."""
+    ``weight`` (19,) weighs the supervised loss's classes, and with
+    ``config.balance_correspondences`` the correspondence loss's too."""
     loss, parts = supervised_term(model, *labelled, config, weight)
     if pair is not None:
-        correspondence, corr_parts = correspondence_term(model, pair, config, generator)
+        correspondence, corr_parts = correspondence_term(model, pair, config, generator,
+                                                         weight if config.balance_correspondences else None)
         loss = combine(loss, correspondence, config.correspondence_weight)
         parts |= corr_parts
     parts["total"] = float(loss.detach())
