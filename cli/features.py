@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from locseg.device import resolve_device
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
@@ -17,6 +18,7 @@ from locseg.train.finetune import build_model as build_hypercolumns
 from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import load_retrieval_model
 
+from .device import device_option
 from .progress import stage_progress
 
 
@@ -30,17 +32,19 @@ from .progress import stage_progress
 @click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Correspondences checked per image pair.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      max_side: int, points: int, as_json: bool) -> None:
+                      max_side: int, points: int, as_json: bool, device: str) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
+    device = resolve_device(device)
     with stage_progress() as progress:
-        model = build_hypercolumns(FinetuneConfig(backbone=backbone, init=weights))
+        model = build_hypercolumns(FinetuneConfig(backbone=backbone, init=weights)).to(device)
         pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)
         result["matching_precision"] = matching_precision(model, pairs, max_points=points,
                                                           progress=progress).percent()
         if retrieval_weights:
-            retrieval = load_retrieval_model(retrieval_weights, weights, backbone)
+            retrieval = load_retrieval_model(retrieval_weights, weights, backbone).to(device)
             recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
             result["retrieval_recall"] = {c: [r[k] for k in (1, 5, 10)] for c, r in recall.items()}
     if as_json:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from locseg.device import resolve_device
 from locseg.evaluate.pose import evaluate_poses
 from locseg.io.colmap import read_model
 from locseg.io.localize_log import read_failed_queries
@@ -26,6 +27,7 @@ from locseg.models.backbone import BACKBONES
 from locseg.models.load import load_hypercolumns
 from locseg.synth.generate import generate
 
+from .device import device_option
 from .progress import stage_progress
 
 DEFAULT_DATASET = Path("outputs/synthseasons-test-0")
@@ -69,16 +71,18 @@ _DEFAULTS = LocalizeConfig()
               help="Feature store of the map [default: features.h5 next to --output].")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
+@device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, matching: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
-             log_path: Path | None) -> None:
+             log_path: Path | None, device: str) -> None:
     """Localize query images against a reference map: retrieval, sparse-to-dense
     matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
     start = time.perf_counter()
     ground_truth = None
+    device = resolve_device(device)   # an unavailable device fails before any work
     with stage_progress() as progress:
         if reference is None:
             dataset = dataset or DEFAULT_DATASET
@@ -108,10 +112,11 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
             click.echo(f"{reference} has poses but no 3D points: triangulating them with locseg features "
                        f"into {triangulated} (once)")
             model = triangulate_reconstruction(read_model(reference), images, triangulated,
-                                               load_hypercolumns(backbone, weights).eval(), progress=progress)
+                                               load_hypercolumns(backbone, weights).eval().to(device),
+                                               progress=progress)
             reference_map = ReferenceMap.from_reconstruction(model, images)
         summary = run_localize(reference_map, query_list, images, output,
-                               store or output.parent / "features.h5", log_path, config, progress)
+                               store or output.parent / "features.h5", log_path, config, progress, device)
     log_path = log_path or output.with_suffix(".log.jsonl")
     failed = len(read_failed_queries(log_path) & {n for n, _ in query_list})
     click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "

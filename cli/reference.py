@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from locseg.device import resolve_device
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.pipeline import DEFAULT_WEIGHTS
@@ -15,6 +16,7 @@ from locseg.localize.triangulate import build_reference as build_reference_map
 from locseg.models.backbone import BACKBONES
 from locseg.models.load import load_hypercolumns
 
+from .device import device_option
 from .progress import stage_progress
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -42,9 +44,10 @@ _DEFAULTS = TriangulateConfig()
 @click.option("--min-track-length", type=click.IntRange(min=2), default=_DEFAULTS.min_track_length,
               show_default=True, help="Drop 3D points seen by fewer images.")
 @click.option("--overwrite", is_flag=True, help="Replace an output that holds anything else.")
+@device_option
 def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, output: Path, weights: str,
                     backbone: str, max_side: int, neighbors: int, keypoint_stride: int, min_track_length: int,
-                    overwrite: bool) -> None:
+                    overwrite: bool, device: str) -> None:
     """Match reference images with locseg features and triangulate 3D points with pycolmap.
 
     The poses are kept fixed. A rerun with the same settings and images reuses the model
@@ -54,7 +57,7 @@ def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, outpu
                                min_track_length=min_track_length)
     poses = read_poses(poses_path)
     cameras = dict(read_query_list(intrinsics_path))
-    hypercolumns = load_hypercolumns(backbone, weights).eval()
+    hypercolumns = load_hypercolumns(backbone, weights).eval().to(resolve_device(device))
     with stage_progress() as progress:
         reconstruction = build_reference_map(images, poses, cameras, output, hypercolumns, config, progress,
                                              overwrite)

@@ -17,6 +17,7 @@ from locseg.train.segmentation import (
     train_segmentation,
 )
 
+from .device import device_option
 from .progress import stage_progress
 from .train import run_options
 
@@ -65,7 +66,7 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
               correspondence_loss: str,
               correspondence_weight: float, margin: float, warmup: int, crop: int | None,
-              labels_per_condition: int, reference_condition: str, validate_every: int) -> None:
+              labels_per_condition: int, reference_condition: str, validate_every: int, device: str) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
                        head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
@@ -76,7 +77,8 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
                        reference_condition=reference_condition, validate_every=validate_every)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
-                           progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)))
+                           progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)),
+                           device=device)
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 
@@ -102,14 +104,16 @@ def _format(parts: dict[str, float]) -> str:
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also put the labels into this feature store.")
 @click.option("--overwrite", is_flag=True, help="Redo images already segmented, and replace other settings.")
+@device_option
 def segment(weights: str, images: Path, output: Path, names_file: Path | None, max_side: int | None,
             window: int | None, stride: int | None, core: int | None, whole_image: bool, store: Path | None,
-            overwrite: bool) -> None:
+            overwrite: bool, device: str) -> None:
     """Label images with sliding-window inference and linear-ramp blending (seed 000)."""
     names = read_names(names_file) if names_file else None
     with stage_progress() as progress:
         segment_images(weights, images, output, names=names, max_side=max_side, whole_image=whole_image,
-                       window=window, stride=stride, core=core, overwrite=overwrite, store=store, progress=progress)
+                       window=window, stride=stride, core=core, overwrite=overwrite, store=store, progress=progress,
+                       device=device)
     click.echo(str(output))
 
 

@@ -12,6 +12,7 @@ from locseg.train.finetune import FinetuneConfig, finetune_features
 from locseg.train.losses import FinetuneLossConfig
 from locseg.train.retrieval import RetrievalConfig, train_retrieval
 
+from .device import device_option
 from .progress import stage_progress
 
 
@@ -34,6 +35,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
                      show_default=True),
         click.option("--seed", type=int, default=defaults.seed, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run saved in --output."),
+        device_option,
     ]
 
     def decorate(command):
@@ -62,7 +64,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="Steps of the earlier runs this one continues (--init); the mining schedule goes on from there.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int) -> None:
+             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, device: str) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
@@ -72,7 +74,7 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(
-                              stage, done, total, _format_losses(losses)))
+                              stage, done, total, _format_losses(losses)), device=device)
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 
@@ -90,7 +92,7 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
               help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, freeze_backbone: bool, cache_positions: int, negative_candidates: int, source: str,
-              checkpoint_every: int, seed: int, resume: bool) -> None:
+              checkpoint_every: int, seed: int, resume: bool, device: str) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                              freeze_backbone=freeze_backbone, cache_positions=cache_positions,
@@ -99,7 +101,7 @@ def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbon
     with stage_progress() as progress:
         train_retrieval(streets, output, config, resume=resume,
                         progress=lambda stage, done, total, losses: progress(
-                            stage, done, total, _format_losses(losses)))
+                            stage, done, total, _format_losses(losses)), device=device)
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 

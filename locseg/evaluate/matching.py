@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import module_device
 from ..models.hypercolumn import STRIDE, Hypercolumns, grid_centers
 from ..train.pairs import CorrespondencePairs
 
@@ -55,7 +56,8 @@ def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tenso
     dense_b = model.dense(image_b[None])
     descriptors = model.sample(dense_a, points_a[None], (image_a.shape[-1], image_a.shape[-2]))[0]  # (N, C)
     similarity = descriptors @ dense_b[0].flatten(1)                                               # (N, h w)
-    centres = grid_centers(dense_b.shape[-2], dense_b.shape[-1], STRIDE, dtype=points_a.dtype)
+    centres = grid_centers(dense_b.shape[-2], dense_b.shape[-1], STRIDE, dtype=points_a.dtype,
+                           device=points_a.device)
     return centres.reshape(-1, 2)[similarity.argmax(dim=1)]
 
 
@@ -64,14 +66,17 @@ def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: in
                  progress: Callable[[str, int, int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """For each pair (all, or those of ``indices``): the condition of image b and the (N,)
     pixel distances between the dense argmax match (``match_dense``) and the true match, for
-    at most ``max_points`` true correspondences drawn with a generator seeded by ``seed``."""
+    at most ``max_points`` true correspondences drawn with a generator seeded by ``seed``.
+    The model runs on its own device; the errors come back on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     indices = range(len(pairs)) if indices is None else indices
+    device = module_device(model)
     model.eval()
     for done, index in enumerate(indices, start=1):
         sample = pairs[index]
         keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
-        found = match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
+        moved = sample.to(device)
+        found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)]).cpu()
         yield sample.condition, (found - sample.points_b[keep]).norm(dim=1)
         if progress:
             progress("matching", done, len(indices))

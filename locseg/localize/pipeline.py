@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import AUTO, resolve_device
 from ..errors import InputError, LocsegError
 from ..geometry import Camera, Pose
 from ..io.localize_log import LogWriter, read_log
@@ -112,25 +113,32 @@ class Models:
     describer: GlobalDescriber
     sparse_id: str
     global_id: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def load(cls, config: LocalizeConfig) -> "Models":
+    def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> "Models":
+        """The networks of ``config`` on ``device`` (``locseg.device``: a GPU when present)."""
+        device = resolve_device(device)
         hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers).eval()
         describer = load_global_describer(config.retrieval_weights, hypercolumns.backbone,
                                           weights_digest(config.weights)).eval()
+        hypercolumns.to(device)
+        describer.to(device)
         preprocessing = {"max_side": config.max_side}
         sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
                              layers="-".join(map(str, config.layers)), max_points=config.max_points,
                              **preprocessing)
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
-        return cls(hypercolumns, describer, sparse_id, global_id)
+        return cls(hypercolumns, describer, sparse_id, global_id, device)
 
     @torch.inference_mode()
     def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,)."""
-        dense = self.hypercolumns.dense(image[None])
-        return dense[0], self.describer(image[None], dense)
+        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,),
+        both on the CPU whatever device the networks run on."""
+        image = image.to(self.device)[None]
+        dense = self.hypercolumns.dense(image)
+        return dense[0].cpu(), self.describer(image, dense).cpu()
 
 
 @dataclass(frozen=True)
@@ -389,7 +397,8 @@ class LocalizeSummary:
 
 def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], query_root: str | Path,
              output: str | Path, store_path: str | Path, log_path: str | Path | None = None,
-             config: LocalizeConfig = LocalizeConfig(), progress: Progress | None = None) -> LocalizeSummary:
+             config: LocalizeConfig = LocalizeConfig(), progress: Progress | None = None,
+             device: str | torch.device = AUTO) -> LocalizeSummary:
     """Localize every query of a list and write ``output`` (``name qw qx qy qz tx ty tz`` lines).
 
     Args:
@@ -398,6 +407,8 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
         query_root: folder the query names are relative to.
         store_path: the feature store of this map.
         log_path: the per-query log; default ``output`` with the suffix ``.log.jsonl``.
+        device: where the networks run (``locseg.device``); results do not depend on it
+            beyond floating-point rounding, so the store and log are shared across devices.
     """
     if not reference.has_points():
         raise InputError("the reference map has no 3D points; triangulate it first "
@@ -411,7 +422,7 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
         if log_path.is_file() else {}
     unusable: list[str] = []
 
-    models = Models.load(config)
+    models = Models.load(config, device)
     with FeatureStore(store_path, mode="a") as store:
         computed = extract_reference_features(reference, models, store, config, progress)
         store.flush()

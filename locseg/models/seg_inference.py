@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError
 from ..io._common import atomic_output, atomic_write_text
 from ..store import LABELS, FeatureStore, model_id
@@ -58,10 +59,11 @@ def probabilities(model: SegmentationModel, image: torch.Tensor, max_side: int,
                   layout: SlidingWindow | None) -> torch.Tensor:
     """(3, H, W) RGB in [0, 1] -> (19, H, W) class probabilities at the original resolution.
 
-    ``layout`` None predicts the resized image whole.
+    ``layout`` None predicts the resized image whole. The model runs on its own device;
+    the probabilities come back on the CPU.
     """
     resized, _ = resize_image(image, max_side=max_side)
-    network_input = normalize_image(resized)
+    network_input = normalize_image(resized).to(module_device(model))
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
         return model.predict(windows).softmax(dim=1)
@@ -73,7 +75,7 @@ def probabilities(model: SegmentationModel, image: torch.Tensor, max_side: int,
             probs = sliding_window(predict, network_input, layout)
         if probs.shape[-2:] != image.shape[-2:]:
             probs = F.interpolate(probs[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
-    return probs
+    return probs.cpu()
 
 
 def segment_image(model: SegmentationModel, image: torch.Tensor, max_side: int,
@@ -136,7 +138,7 @@ def segment_images(weights: str | Path, images: str | Path, output: str | Path,
                    names: Sequence[str] | None = None, max_side: int | None = None, whole_image: bool = False,
                    window: int | None = None, stride: int | None = None, core: int | None = None,
                    overwrite: bool = False, store: str | Path | None = None,
-                   progress: Progress | None = None) -> Path:
+                   progress: Progress | None = None, device: str | torch.device = AUTO) -> Path:
     """Segment images and write their labels (module docstring); returns ``output``.
 
     Args:
@@ -150,15 +152,17 @@ def segment_images(weights: str | Path, images: str | Path, output: str | Path,
         store: a feature store (``locseg.store``) to put the labels into as well, under
             ``store_model_id``; images whose labels are already there and in ``output``
             are skipped.
+        device: where the model runs (``locseg.device``).
     """
     output = Path(output)
+    device = resolve_device(device)
     path = resolve_weights(weights)
     side = max_side or training_side(path) or DEFAULT_SIDE
     layout = None if whole_image else window_layout(side, window, stride, core)
     window = None if layout is None else [layout.window, layout.stride, layout.core]
     settings = SegmentSettings(str(weights), file_sha256(path), side, window)
     _claim_output(output, settings, overwrite)
-    model = load_segmentation_model(path)
+    model = load_segmentation_model(path).to(device)
     todo = list_images(images, names)
     with ExitStack() as stack:
         opened = _open_store(stack, store, settings, model.config) if store else None

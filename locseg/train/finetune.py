@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..device import AUTO, resolve_device
 from ..errors import InputError
 from ..evaluate.matching import matching_precision
 from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
@@ -137,16 +138,19 @@ def _covered(points: torch.Tensor, size: tuple[int, int], strides: list[int]) ->
 def finetune_features(correspondences: str | Path | Sequence[str | Path], images: str | Path | Sequence[str | Path],
                       output: str | Path,
                       config: FinetuneConfig = FinetuneConfig(), resume: bool = False,
-                      progress: Progress | None = None) -> Path:
+                      progress: Progress | None = None, device: str | torch.device = AUTO) -> Path:
     """Run (or resume) fine-tuning; returns the checkpoint path (see the module docstring).
 
     ``correspondences`` and ``images`` may be lists (one image root per folder), to
-    train on several streets or datasets at once.
+    train on several streets or datasets at once. ``device``: where the network trains
+    (``locseg.device``); the sampling stays on the CPU's generators, so a run draws the
+    same pairs and points on any device, and a checkpoint resumes on another.
     """
     output = Path(output)
+    device = resolve_device(device)
     pairs = CorrespondencePairs(correspondences, images, config.max_side)
     train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
-    model = build_model(config)
+    model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
 
@@ -163,7 +167,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
             run.step += 1
             run.metrics["skipped"] = run.metrics.get("skipped", 0) + 1
             continue
-        loss, breakdown = training_step(model, sample, run.step, config, run.generator)
+        loss, breakdown = training_step(model, sample.to(device), run.step, config, run.generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

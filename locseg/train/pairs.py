@@ -53,6 +53,13 @@ class PairSample:
         """The condition of the second image: the first component of its name."""
         return self.name_b.split("/", 1)[0]
 
+    def to(self, device: torch.device | str) -> PairSample:
+        """The pair with its images and points on ``device`` (itself when they are there already)."""
+        if self.image_a.device == torch.device(device):
+            return self
+        return PairSample(self.image_a.to(device), self.image_b.to(device), self.points_a.to(device),
+                          self.points_b.to(device), self.name_a, self.name_b)
+
 
 class CorrespondencePairs:
     """The pairs of one or more correspondence directories, loaded on demand.

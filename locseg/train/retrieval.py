@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError, RegistryError
 from ..geometry import Pose
 from ..io.poses import read_poses
@@ -179,12 +180,14 @@ def load_input(path: Path, max_side: int) -> torch.Tensor:
 
 def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten: bool = True,
              progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
-    """(N, D) descriptors of image files, one at a time (sizes may differ)."""
+    """(N, D) descriptors of image files, one at a time (sizes may differ), on the CPU;
+    the model runs on its own device."""
     model.eval()
+    device = module_device(model)
     out = []
     with torch.inference_mode():
         for done, path in enumerate(paths):
-            out.append(model(load_input(path, max_side)[None], whiten=whiten)[0])
+            out.append(model(load_input(path, max_side)[None].to(device), whiten=whiten)[0].cpu())
             if progress:
                 progress("describe", done + 1, len(paths))
     return torch.stack(out)
@@ -207,10 +210,11 @@ class LocalFeatureCache:
         if positions < 1:
             raise InputError(f"cache_positions must be at least 1, got {positions}")
         model.eval()
+        device = module_device(model)
         samples = []
         with torch.inference_mode():
             for i, path in enumerate(paths):
-                local = model.local_features(load_input(path, max_side)[None])[0].flatten(1)   # (D, h w)
+                local = model.local_features(load_input(path, max_side)[None].to(device))[0].flatten(1).cpu()
                 rng = np.random.default_rng([seed, i])
                 chosen = rng.choice(local.shape[1], min(positions, local.shape[1]), replace=False)
                 samples.append(local[:, torch.from_numpy(np.sort(chosen))].T.half())
@@ -299,9 +303,14 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.
 
 
 def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: RetrievalConfig = RetrievalConfig(),
-                    resume: bool = False, progress: Progress | None = None) -> Path:
-    """Train (or resume training) NetVLAD on ``streets``; returns the checkpoint path."""
+                    resume: bool = False, progress: Progress | None = None,
+                    device: str | torch.device = AUTO) -> Path:
+    """Train (or resume training) NetVLAD on ``streets``; returns the checkpoint path.
+
+    ``device``: where the model trains (``locseg.device``); the feature cache and the
+    sampling stay on the CPU."""
     output = Path(output)
+    device = resolve_device(device)
     places = PlaceImages.from_streets(streets)
     anchors = np.array([i for i in range(len(places.paths))
                         if len(places.positives(i, config.positive_radius, config.positive_angle))
@@ -309,7 +318,7 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     if len(anchors) == 0:
         raise InputError("no image has both a positive in another traversal and a negative farther than "
                          f"{config.negative_radius} m; check positive_radius, positive_angle and negative_radius")
-    model = build_model(config, places)
+    model = build_model(config, places).to(device)
     cache = None
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
@@ -319,12 +328,12 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
 
     @lru_cache(maxsize=1 + config.positive_candidates + config.negative_candidates)
     def network_input(i: int) -> torch.Tensor:     # a step ranks its images, then trains on some of them
-        return load_input(places.paths[i], config.max_side)
+        return load_input(places.paths[i], config.max_side).to(device)
 
     def describe_images(indices: Sequence[int]) -> torch.Tensor:
         """(B, K D) unwhitened descriptors of training images."""
         if cache is not None:
-            return model.netvlad(cache.maps(indices))
+            return model.netvlad(cache.maps(indices).to(device))
         return torch.cat([model(network_input(i)[None], whiten=False) for i in indices])
 
     parameters = [p for p in model.parameters() if p.requires_grad]

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError
 from ..evaluate.segmentation import SegAccumulator, SegEvaluation, read_label_png
 from ..models.preprocess import load_image, normalize_image, resize_image
@@ -396,10 +397,11 @@ def validate(model: SegmentationModel, items: Sequence[LabelledImage], images: R
     """mIoU of whole-image predictions at the training size against labels resized to it."""
     training = model.training
     model.eval()
+    device = module_device(model)
     accumulator = SegAccumulator()
     for item in items:
         image, labels = images.labelled(item)
-        accumulator.add(item.name, predict_labels(model, image).numpy(), labels.numpy())
+        accumulator.add(item.name, predict_labels(model, image.to(device)).cpu().numpy(), labels.numpy())
     model.train(training)
     return SegEvaluation.from_accumulator(accumulator)
 
@@ -407,14 +409,19 @@ def validate(model: SegmentationModel, items: Sequence[LabelledImage], images: R
 # --------------------------------------------------------------------------- the run
 
 def train_segmentation(datasets: Sequence[str | Path], output: str | Path, config: SegConfig = SegConfig(),
-                       resume: bool = False, progress: Progress | None = None) -> Path:
+                       resume: bool = False, progress: Progress | None = None,
+                       device: str | torch.device = AUTO) -> Path:
     """Run (or resume) segmentation training; returns the checkpoint path (module docstring).
 
     Args:
         datasets: folders with images/, labels/ and correspondences/ (SynthSeasons streets).
         output: the checkpoint; weights go next to it as ``.safetensors``.
+        device: where the model trains (``locseg.device``); images are cached on the
+            CPU and the sampling draws from the run's CPU generator, so a run takes the
+            same steps on any device.
     """
     output = Path(output)
+    device = resolve_device(device)
     datasets = [Path(d) for d in datasets]
     if not datasets:
         raise InputError("train-seg needs at least one dataset folder")
@@ -422,18 +429,20 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     images = ResizedImages(config.max_side)
     pairs = _pairs(datasets, images) if config.correspondence_weight > 0 else None
     weight = labelled_class_weights(training_images, images, config.class_balance) if config.class_balance else None
-    model = build_model(config)
+    model = build_model(config).to(device)
+    weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
     run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
         item = training_images[int(torch.randint(len(training_images), (1,), generator=run.generator))]
-        labelled = augment(*images.labelled(item), config, run.generator)
+        image, labels = augment(*images.labelled(item), config, run.generator)
+        labelled = image.to(device), labels.to(device)
         pair = None
         if pairs is not None and run.step >= config.warmup:
             pair = orient(pairs[int(torch.randint(len(pairs), (1,), generator=run.generator))],
-                          config.reference_condition)
+                          config.reference_condition).to(device)
         # Dropout draws from torch's global generator: seed it for this step from the
         # run's generator, leaving the caller's global random state as it was.
         step_seed = int(torch.randint(2 ** 62, (1,), generator=run.generator))
