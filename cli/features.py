@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from locseg.device import resolve_device
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
@@ -34,10 +34,9 @@ from .progress import stage_progress
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      max_side: int, points: int, as_json: bool, device: str) -> None:
+                      max_side: int, points: int, as_json: bool, device: torch.device) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
-    device = resolve_device(device)
     with stage_progress() as progress:
         model = build_hypercolumns(FinetuneConfig(backbone=backbone, init=weights)).to(device)
         pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)

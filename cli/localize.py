@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 
-from locseg.device import resolve_device
 from locseg.evaluate.pose import evaluate_poses
 from locseg.io.colmap import read_model
 from locseg.io.localize_log import read_failed_queries
@@ -76,13 +76,12 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
              output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, matching: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
-             log_path: Path | None, device: str) -> None:
+             log_path: Path | None, device: torch.device) -> None:
     """Localize query images against a reference map: retrieval, sparse-to-dense
     matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
     start = time.perf_counter()
     ground_truth = None
-    device = resolve_device(device)   # an unavailable device fails before any work
     with stage_progress() as progress:
         if reference is None:
             dataset = dataset or DEFAULT_DATASET

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
+import torch
 
-from locseg.device import resolve_device
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.pipeline import DEFAULT_WEIGHTS
@@ -47,7 +47,7 @@ _DEFAULTS = TriangulateConfig()
 @device_option
 def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, output: Path, weights: str,
                     backbone: str, max_side: int, neighbors: int, keypoint_stride: int, min_track_length: int,
-                    overwrite: bool, device: str) -> None:
+                    overwrite: bool, device: torch.device) -> None:
     """Match reference images with locseg features and triangulate 3D points with pycolmap.
 
     The poses are kept fixed. A rerun with the same settings and images reuses the model
@@ -57,7 +57,7 @@ def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, outpu
                                min_track_length=min_track_length)
     poses = read_poses(poses_path)
     cameras = dict(read_query_list(intrinsics_path))
-    hypercolumns = load_hypercolumns(backbone, weights).eval().to(resolve_device(device))
+    hypercolumns = load_hypercolumns(backbone, weights).eval().to(device)
     with stage_progress() as progress:
         reconstruction = build_reference_map(images, poses, cameras, output, hypercolumns, config, progress,
                                              overwrite)

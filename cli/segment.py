@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 from rich.console import Console
 
 from locseg.evaluate.segmentation import evaluate_segmentation
@@ -66,7 +67,7 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
               correspondence_loss: str,
               correspondence_weight: float, margin: float, warmup: int, crop: int | None,
-              labels_per_condition: int, reference_condition: str, validate_every: int, device: str) -> None:
+              labels_per_condition: int, reference_condition: str, validate_every: int, device: torch.device) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
                        head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
@@ -107,7 +108,7 @@ def _format(parts: dict[str, float]) -> str:
 @device_option
 def segment(weights: str, images: Path, output: Path, names_file: Path | None, max_side: int | None,
             window: int | None, stride: int | None, core: int | None, whole_image: bool, store: Path | None,
-            overwrite: bool, device: str) -> None:
+            overwrite: bool, device: torch.device) -> None:
     """Label images with sliding-window inference and linear-ramp blending (seed 000)."""
     names = read_names(names_file) if names_file else None
     with stage_progress() as progress:

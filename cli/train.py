@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from locseg.models.backbone import BACKBONES
 from locseg.models.netvlad import RETRIEVAL_SOURCES
@@ -64,7 +65,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="Steps of the earlier runs this one continues (--init); the mining schedule goes on from there.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, device: str) -> None:
+             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
@@ -92,7 +93,7 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
               help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, freeze_backbone: bool, cache_positions: int, negative_candidates: int, source: str,
-              checkpoint_every: int, seed: int, resume: bool, device: str) -> None:
+              checkpoint_every: int, seed: int, resume: bool, device: torch.device) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                              freeze_backbone=freeze_backbone, cache_positions=cache_positions,

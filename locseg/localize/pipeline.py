@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..device import AUTO, resolve_device
+from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError, LocsegError
 from ..geometry import Camera, Pose
 from ..io.localize_log import LogWriter, read_log
@@ -113,7 +113,6 @@ class Models:
     describer: GlobalDescriber
     sparse_id: str
     global_id: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> "Models":
@@ -130,13 +129,13 @@ class Models:
                              **preprocessing)
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
-        return cls(hypercolumns, describer, sparse_id, global_id, device)
+        return cls(hypercolumns, describer, sparse_id, global_id)
 
     @torch.inference_mode()
     def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,),
         both on the CPU whatever device the networks run on."""
-        image = image.to(self.device)[None]
+        image = image.to(module_device(self.hypercolumns))[None]
         dense = self.hypercolumns.dense(image)
         return dense[0].cpu(), self.describer(image, dense).cpu()
 
