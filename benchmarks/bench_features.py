@@ -2,11 +2,13 @@
 
     python benchmarks/bench_features.py --dataset outputs/synthseasons-test-0 \\
         --weights random --weights outputs/runs/scratch-dmcgn.safetensors \\
-        [--retrieval-weights outputs/runs/scratch-netvlad.safetensors] [--max-side 512]
+        [--retrieval-weights outputs/runs/scratch-netvlad.safetensors] [--max-side 512] \\
+        [--hypercolumn-norm levels joint]
 
 Prints a Markdown table: one row per weights, one column per condition (reference
 images against each query condition, true match within 4 px at the network input's
-resolution). ``random`` stands for the seeded random initialisation. The street must
+resolution), and one per hypercolumn normalisation asked for (``locseg.models.hypercolumn``).
+``random`` stands for the seeded random initialisation. The street must
 be one the weights were not trained on (``locseg synth --split test``).
 """
 
@@ -16,8 +18,8 @@ import argparse
 
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
-from locseg.train.finetune import FinetuneConfig
-from locseg.train.finetune import build_model as build_hypercolumns
+from locseg.models.hypercolumn import NORMALIZATIONS
+from locseg.models.load import load_hypercolumns
 from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import PlaceImages, RetrievalConfig
 from locseg.train.retrieval import build_model as build_retrieval
@@ -31,17 +33,20 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--retrieval-max-side", type=int, default=256)
     parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[NORMALIZATIONS[0]])
     args = parser.parse_args()
     pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
     header = None
     for weights in args.weights:
-        model = build_hypercolumns(FinetuneConfig(init=None if weights == "random" else weights))
-        precision = matching_precision(model, pairs, max_points=args.points).percent()
-        if header is None:
-            header = list(precision)
-            print("| weights | " + " | ".join(header) + " |")
-            print("|---" * (len(header) + 1) + "|")
-        print(f"| {weights} | " + " | ".join(f"{precision[c]:.1f}" for c in header) + " |", flush=True)
+        for norm in args.hypercolumn_norm:
+            model = load_hypercolumns("vgg16-slim", None if weights == "random" else weights, normalization=norm)
+            precision = matching_precision(model, pairs, max_points=args.points).percent()
+            if header is None:
+                header = list(precision)
+                print("| weights | normalisation | " + " | ".join(header) + " |")
+                print("|---" * (len(header) + 2) + "|")
+            print(f"| {weights} | {norm} | " + " | ".join(f"{precision[c]:.1f}" for c in header) + " |",
+                  flush=True)
     for weights in args.retrieval_weights:
         config = RetrievalConfig(init=None if weights == "random" else weights)
         model = build_retrieval(config, PlaceImages.from_streets([args.dataset]))

@@ -18,6 +18,7 @@ query (not counted) runs first.
 
     python benchmarks/bench_localize.py --json benchmarks/localize_vs_sift.json
     python benchmarks/bench_localize.py --limit 2          # the first 2 queries per condition
+    python benchmarks/bench_localize.py --hypercolumn-norm joint   # S2DHM's normalisation
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from locseg.localize.pipeline import (
     extract_reference_features,
 )
 from locseg.localize.reference import ReferenceMap
+from locseg.models.hypercolumn import NORMALIZATIONS
 from locseg.models.preprocess import load_image
 from locseg.store import FeatureStore, StoreLockedError
 
@@ -62,9 +64,10 @@ def main() -> None:
                         help="where the SIFT map is built and kept")
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries of each condition")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=LocalizeConfig.hypercolumn_norm)
     args = parser.parse_args()
 
-    config = LocalizeConfig()
+    config = LocalizeConfig(hypercolumn_norm=args.hypercolumn_norm)
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

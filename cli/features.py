@@ -13,12 +13,12 @@ from rich.table import Table
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
-from locseg.train.finetune import FinetuneConfig
-from locseg.train.finetune import build_model as build_hypercolumns
+from locseg.models.load import load_hypercolumns
 from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import load_retrieval_model
 
 from .device import device_option
+from .hypercolumn_norm import hypercolumn_norm_option
 from .progress import stage_progress
 
 
@@ -28,17 +28,18 @@ from .progress import stage_progress
 @click.option("--weights", default=None, help="Hypercolumn backbone weights (name, file or URL); random if absent.")
 @click.option("--retrieval-weights", default=None, help="NetVLAD weights; retrieval is skipped if absent.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-slim", show_default=True)
+@hypercolumn_norm_option
 @click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Correspondences checked per image pair.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      max_side: int, points: int, as_json: bool, device: torch.device) -> None:
+                      hypercolumn_norm: str, max_side: int, points: int, as_json: bool, device: torch.device) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
     with stage_progress() as progress:
-        model = build_hypercolumns(FinetuneConfig(backbone=backbone, init=weights)).to(device)
+        model = load_hypercolumns(backbone, weights, normalization=hypercolumn_norm).to(device)
         pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)
         result["matching_precision"] = matching_precision(model, pairs, max_points=points,
                                                           progress=progress).percent()

@@ -28,6 +28,7 @@ from locseg.models.load import load_hypercolumns
 from locseg.synth.generate import generate
 
 from .device import device_option
+from .hypercolumn_norm import hypercolumn_norm_option
 from .progress import stage_progress
 
 DEFAULT_DATASET = Path("outputs/synthseasons-test-0")
@@ -53,6 +54,7 @@ _DEFAULTS = LocalizeConfig()
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_DEFAULTS.backbone, show_default=True)
+@hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
@@ -73,7 +75,8 @@ _DEFAULTS = LocalizeConfig()
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
-             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str, matching: str,
+             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str,
+             hypercolumn_norm: str, matching: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -98,7 +101,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         missing = [n for n, v in (("--images", images), ("--queries", queries), ("--output", output)) if v is None]
         if missing:
             raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
-        config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone, top_k=top_k,
+        config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone,
+                                hypercolumn_norm=hypercolumn_norm, top_k=top_k,
                                 matching=MatchingConfig(method=matching),
                                 pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                                 refine=None if no_refine else RefineConfig(loss=refine_loss,
@@ -111,7 +115,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
             click.echo(f"{reference} has poses but no 3D points: triangulating them with locseg features "
                        f"into {triangulated} (once)")
             model = triangulate_reconstruction(read_model(reference), images, triangulated,
-                                               load_hypercolumns(backbone, weights).eval().to(device),
+                                               load_hypercolumns(backbone, weights, normalization=hypercolumn_norm)
+                                               .eval().to(device),
                                                progress=progress)
             reference_map = ReferenceMap.from_reconstruction(model, images)
         summary = run_localize(reference_map, query_list, images, output,

@@ -17,6 +17,7 @@ from locseg.models.backbone import BACKBONES
 from locseg.models.load import load_hypercolumns
 
 from .device import device_option
+from .hypercolumn_norm import hypercolumn_norm_option
 from .progress import stage_progress
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -35,6 +36,7 @@ _DEFAULTS = TriangulateConfig()
 @click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True,
               help="Hypercolumn weights: a bundled name, a file or a URL.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-slim", show_default=True)
+@hypercolumn_norm_option
 @click.option("--max-side", type=click.IntRange(min=32), default=_DEFAULTS.max_side, show_default=True,
               help="Longer side of the network input.")
 @click.option("--neighbors", type=click.IntRange(min=1), default=_DEFAULTS.num_neighbors, show_default=True,
@@ -46,7 +48,7 @@ _DEFAULTS = TriangulateConfig()
 @click.option("--overwrite", is_flag=True, help="Replace an output that holds anything else.")
 @device_option
 def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, output: Path, weights: str,
-                    backbone: str, max_side: int, neighbors: int, keypoint_stride: int, min_track_length: int,
+                    backbone: str, hypercolumn_norm: str, max_side: int, neighbors: int, keypoint_stride: int, min_track_length: int,
                     overwrite: bool, device: torch.device) -> None:
     """Match reference images with locseg features and triangulate 3D points with pycolmap.
 
@@ -57,7 +59,7 @@ def build_reference(images: Path, poses_path: Path, intrinsics_path: Path, outpu
                                min_track_length=min_track_length)
     poses = read_poses(poses_path)
     cameras = dict(read_query_list(intrinsics_path))
-    hypercolumns = load_hypercolumns(backbone, weights).eval().to(device)
+    hypercolumns = load_hypercolumns(backbone, weights, normalization=hypercolumn_norm).eval().to(device)
     with stage_progress() as progress:
         reconstruction = build_reference_map(images, poses, cameras, output, hypercolumns, config, progress,
                                              overwrite)

@@ -35,6 +35,8 @@ _DEFAULTS = SegConfig()
               help=f"frozen: share the feature backbone (--init, default {DEFAULT_BACKBONE_WEIGHTS}) untouched; "
                    "finetune: train it at 0.1x the rate; separate: a backbone of its own, random unless --init. "
                    "An --init that is a whole segmentation model (heads included) is continued.")
+@click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
+              help="Backbone learning rate as a multiple of --lr [default: 0.1 for finetune, 1 for separate].")
 @click.option("--head-layer", type=click.IntRange(min=1), default=_DEFAULTS.head_layer, show_default=True,
               help="Backbone layer whose input feeds the PSP head (23: relu4_3, stride 8; 28: relu5_2, stride 16).")
 @click.option("--aux-layer", type=click.IntRange(min=1), default=_DEFAULTS.aux_layer, show_default=True,
@@ -64,12 +66,14 @@ _DEFAULTS = SegConfig()
               help="Steps between mIoU checks on held-out images (0: never); the best weights go to .best.safetensors.")
 def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, checkpoint_every: int, seed: int, resume: bool, backbone_mode: str,
+              backbone_lr_scale: float | None,
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
               correspondence_loss: str,
               correspondence_weight: float, margin: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int, device: torch.device) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
-    config = SegConfig(backbone=backbone, backbone_mode=backbone_mode, init=init, iterations=iterations, lr=lr,
+    config = SegConfig(backbone=backbone, backbone_mode=backbone_mode,
+                       backbone_lr_scale=backbone_lr_scale, init=init, iterations=iterations, lr=lr,
                        head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
                        balance_correspondences=balance_correspondences,
                        max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,

@@ -5,7 +5,6 @@ The GPU tests run only where CUDA is present; on a CPU-only machine they skip.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from click.testing import CliRunner

@@ -76,7 +76,7 @@ def test_full_vgg16_has_2048_channels():
     net = Hypercolumns(build_backbone("vgg16"))
     assert net.channels == 2048
     assert net.describe() == ("vgg16 [14 relu3_2 output, 17 pool3 output, 21 relu4_2 output, "
-                              "24 pool4 output, 28 relu5_2 output] -> 2048")
+                              "24 pool4 output, 28 relu5_2 output] -> 2048, levels L2")
     with torch.no_grad():
         assert net.dense(torch.randn(1, 3, 32, 48)).shape == (1, 2048, 8, 12)
 
@@ -128,12 +128,19 @@ def test_dense_is_channels_last_whatever_the_input_layout(slim, images):
 
 
 def test_multiple_of_16_matches_standard_upsampling(slim):
+    """Both normalisations of the same two levels: each level to norm 1/sqrt(2) ("levels"),
+    or the concatenation to norm 1, however the levels' magnitudes compare ("joint")."""
     images = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(3), dtype=F64)
     with torch.no_grad():
-        dense = Hypercolumns(slim, [14, 24]).dense(images)
+        levels = Hypercolumns(slim, [14, 24]).dense(images)
+        joint = Hypercolumns(slim, [14, 24], normalization="joint").dense(images)
         relu3_2, pool4 = slim.activations(images, [14, 24])
     upsampled = F.interpolate(pool4, size=(16, 12), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(dense, F.normalize(torch.cat([relu3_2, upsampled], dim=1), dim=1))
+    torch.testing.assert_close(joint, F.normalize(torch.cat([relu3_2, upsampled], dim=1), dim=1))
+    torch.testing.assert_close(levels, torch.cat([F.normalize(relu3_2, dim=1), F.normalize(upsampled, dim=1)],
+                                                 dim=1) / 2 ** 0.5)
+    part_norms = torch.stack([levels[:, :64].norm(dim=1), levels[:, 64:].norm(dim=1)])
+    torch.testing.assert_close(part_norms, torch.full_like(part_norms, 2 ** -0.5))
 
 
 def test_layer_order_is_concatenation_order(slim, images):
@@ -150,6 +157,8 @@ def test_bad_layers(slim):
         Hypercolumns(slim, [])
     with pytest.raises(InputError, match=r"in \[0, 31\]"):
         Hypercolumns(slim, [14, 40])
+    with pytest.raises(InputError, match="unknown hypercolumn normalization 'l1'; valid: levels, joint"):
+        Hypercolumns(slim, [14], normalization="l1")
 
 
 # ----------------------------------------------------------------------------- sparse and sampling

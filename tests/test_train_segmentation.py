@@ -21,6 +21,7 @@ from locseg.train.checkpoint import load_checkpoint
 from locseg.train.segmentation import (
     SegConfig,
     build_model,
+    make_optimizer,
     select_images,
     spread,
     train_segmentation,
@@ -77,6 +78,20 @@ def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
     with pytest.raises(InputError, match="do not fit this model"):
         build_model(dataclasses.replace(TINY, backbone="vgg16", init=str(weights)))
+
+
+def test_the_backbone_learns_at_its_own_scale_of_the_rate():
+    def rates(config):
+        groups = make_optimizer(build_model(config), config).param_groups
+        return [group["lr"] for group in groups]
+    assert rates(SegConfig(lr=0.02)) == [0.02, pytest.approx(0.002)]           # finetune: 0.1x by default
+    assert rates(SegConfig(lr=0.02, backbone_lr_scale=1.0)) == [0.02, 0.02]
+    frozen = SegConfig(lr=0.02, backbone_mode="frozen")
+    model = build_model(frozen)
+    assert [group["lr"] for group in make_optimizer(model, frozen).param_groups] == [0.02]
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    with pytest.raises(InputError, match="'frozen' trains no backbone.*1.0"):
+        SegConfig(backbone_mode="frozen", backbone_lr_scale=1.0)
 
 
 def test_commands_end_to_end(small_street, tmp_path):

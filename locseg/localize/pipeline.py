@@ -75,6 +75,7 @@ class LocalizeConfig:
     retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
+    hypercolumn_norm: str = "levels"   # locseg.models.hypercolumn.NORMALIZATIONS
     max_side: int = 512
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
@@ -118,15 +119,19 @@ class Models:
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> "Models":
         """The networks of ``config`` on ``device`` (``locseg.device``: a GPU when present)."""
         device = resolve_device(device)
-        hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers).eval()
+        hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers,
+                                         normalization=config.hypercolumn_norm).eval()
         describer = load_global_describer(config.retrieval_weights, hypercolumns.backbone,
                                           weights_digest(config.weights)).eval()
         hypercolumns.to(device)
         describer.to(device)
         preprocessing = {"max_side": config.max_side}
         sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
-                             layers="-".join(map(str, config.layers)), max_points=config.max_points,
+                             layers="-".join(map(str, config.layers)), norm=config.hypercolumn_norm,
+                             max_points=config.max_points,
                              **preprocessing)
+        if describer.source == "hypercolumns":   # it pools the dense map, normalised as configured
+            preprocessing["norm"] = config.hypercolumn_norm
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
         return cls(hypercolumns, describer, sparse_id, global_id)

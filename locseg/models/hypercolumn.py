@@ -33,6 +33,13 @@ bilinearly at the 1/4-grid cell centres (an exact upsampling even when H, W are
 not multiples of the layer strides), then L2-normalised per pixel. Default
 layers ``[14, 17, 21, 24, 28]``: relu3_2, pool3, relu4_2, pool4, relu5_2 outputs
 (2048 channels for VGG-16, 512 for the slim variant).
+
+Normalisation (``NORMALIZATIONS``): with ``"levels"`` (the default) each layer's
+part is L2-normalised on its own before the concatenation is, so every level
+weighs the same in a cosine, as in the fine-tuning loss (``locseg.train.finetune``
+normalises each level); with ``"joint"`` (S2DHM's) only the concatenation is,
+and the levels with the largest activations dominate. On the bundled weights,
+``"levels"`` matches 6 points more correspondences (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ DEFAULT_LAYERS: tuple[int, ...] = (14, 17, 21, 24, 28)
 """relu3_2, pool3, relu4_2, pool4, relu5_2 outputs (S2DHM)."""
 STRIDE = 4
 """Input pixels per cell of a dense hypercolumn map, in each direction."""
+NORMALIZATIONS: tuple[str, ...] = ("levels", "joint")
+"""How a hypercolumn is L2-normalised: each level and then the whole, or the whole only."""
 
 
 def pixels_to_grid(uv: torch.Tensor, size: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -120,6 +129,7 @@ class Hypercolumns(nn.Module):
         backbone: a ``VGG16`` (full or slim); it is a submodule of this one.
         layers: ``features`` indices whose *entering* activations are used, in
             concatenation order; distinct, in [0, 31].
+        normalization: one of ``NORMALIZATIONS`` (module docstring).
 
     Images are (B, 3, H, W) ImageNet-normalised RGB (``preprocess.normalize_image``).
     Gradients flow (wrap calls in ``torch.inference_mode()`` for extraction),
@@ -135,8 +145,10 @@ class Hypercolumns(nn.Module):
         torch.Size([2, 100, 512])
     """
 
-    def __init__(self, backbone: VGG16, layers: Iterable[int] = DEFAULT_LAYERS):
+    def __init__(self, backbone: VGG16, layers: Iterable[int] = DEFAULT_LAYERS, normalization: str = "levels"):
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise InputError(f"unknown hypercolumn normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
         layers = tuple(layers)
         if not layers:
             raise InputError("Hypercolumns needs at least one layer")
@@ -146,6 +158,7 @@ class Hypercolumns(nn.Module):
             raise InputError(f"hypercolumn layers must be distinct, got {list(layers)}")
         self.backbone = backbone
         self.layers = layers
+        self.normalization = normalization
 
     @property
     def channels(self) -> int:
@@ -153,9 +166,9 @@ class Hypercolumns(nn.Module):
         return sum(self.backbone.channels_entering(i) for i in self.layers)
 
     def describe(self) -> str:
-        """``"vgg16 [14 relu3_2 output, ...] -> 2048"``, e.g. for logs and model ids."""
+        """``"vgg16 [14 relu3_2 output, ...] -> 2048, levels L2"``, e.g. for logs and model ids."""
         names = ", ".join(f"{i} {self.backbone.describe_entering(i)}" for i in self.layers)
-        return f"{self.backbone.name} [{names}] -> {self.channels}"
+        return f"{self.backbone.name} [{names}] -> {self.channels}, {self.normalization} L2"
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
         """Dense hypercolumns on the 1/4 grid.
@@ -179,8 +192,10 @@ class Hypercolumns(nn.Module):
         h4, w4 = height // STRIDE, width // STRIDE
         # concatenated channels-last, the layout in which the localizer gathers a cell's
         # hypercolumn and refinement samples the map
-        columns = torch.cat([self._on_grid(m, self.backbone.stride_entering(i), h4, w4)
-                             for m, i in zip(maps, self.layers)], dim=1)
+        levels = [self._on_grid(m, self.backbone.stride_entering(i), h4, w4) for m, i in zip(maps, self.layers)]
+        if self.normalization == "levels":
+            levels = [l2_normalize(level, dim=1) for level in levels]
+        columns = torch.cat(levels, dim=1)
         # normalised as (B, h4, w4, C) rows, which keeps the channels-last layout without a copy
         return l2_normalize(columns.permute(0, 2, 3, 1).contiguous(), dim=3).permute(0, 3, 1, 2)
 

@@ -41,9 +41,10 @@ def load_backbone(backbone: str, weights: str | None, seed: int = 0) -> VGG16:
 
 
 def load_hypercolumns(backbone: str, weights: str | None, layers: Iterable[int] = DEFAULT_LAYERS,
-                      seed: int = 0) -> Hypercolumns:
-    """A hypercolumn extractor on ``load_backbone(backbone, weights, seed)``."""
-    return Hypercolumns(load_backbone(backbone, weights, seed), layers)
+                      seed: int = 0, normalization: str = "levels") -> Hypercolumns:
+    """A hypercolumn extractor on ``load_backbone(backbone, weights, seed)``
+    (``normalization``: see ``locseg.models.hypercolumn``)."""
+    return Hypercolumns(load_backbone(backbone, weights, seed), layers, normalization)
 
 
 def weights_digest(weights: str | None, seed: int = 0) -> str:

@@ -139,6 +139,9 @@ class SegConfig:
             object.__setattr__(self, "init", DEFAULT_BACKBONE_WEIGHTS)
         if self.backbone_lr_scale is None:
             object.__setattr__(self, "backbone_lr_scale", _BACKBONE_LR_SCALE[self.backbone_mode])
+        elif self.backbone_mode == "frozen" and self.backbone_lr_scale > 0:
+            raise InputError(f"backbone mode 'frozen' trains no backbone, but backbone_lr_scale is "
+                             f"{self.backbone_lr_scale}; use backbone mode 'finetune' or 'separate'")
 
     def model_config(self) -> SegModelConfig:
         return SegModelConfig(backbone=self.backbone, head_layer=self.head_layer, aux_layer=self.aux_layer,
