@@ -62,7 +62,7 @@ from .retrieval import (
 Progress = Callable[[str, int, int], None]
 
 DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-v3"
-DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v3"
+DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v4"
 OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
 PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-matching subspace
 

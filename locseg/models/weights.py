@@ -552,6 +552,13 @@ register_bundled(
     "triplet steps on cached features of SynthSeasons train streets 0-4 (benchmarks/RESULTS.md)",
     model="vgg16-slim")
 register_bundled(
+    "synthseasons-slim-vlad-v4", "synthseasons-slim-vlad-v4.safetensors",
+    "769d20fa3d151f509a4f6da5445503b6e68ac60c90647ebdb5a997f2ed47ecca",
+    "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v3 with each level "
+    "normalised, k-means then 3000 triplet steps on cached features of SynthSeasons train streets 0-4 "
+    "(benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
     "synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v1.safetensors",
     "bf65550097a2450de440cedc91ce1235112e047338429833a3836b3948c83f55",
     "segmentation: PSP head on relu4_3 (stride 8) of synthseasons-slim-dmcgn-v3, fine-tuned with "

@@ -1,0 +1,44 @@
+"""Retrieval recall@1/5/10 of NetVLAD heads on SynthSeasons streets, side by side.
+
+    python benchmarks/bench_retrieval.py --streets outputs/val/synthseasons-train-5 outputs/synthseasons-test-0 \\
+        --heads synthseasons-slim-vlad-v3 outputs/vlad/levels-3k.safetensors \\
+        [--weights synthseasons-slim-dmcgn-v3] [--max-side 512]
+
+Every head ranks every street's queries against its references, as ``locseg
+evaluate-features`` scores them (``locseg.evaluate.retrieval``: PCA whitening fitted
+on the references, a reference within 5 m and 30° is correct). Prints one Markdown
+row per street and head: recall@1 / @5 / @10 overall and per condition. Streets used
+to choose a head must be ones no head was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from locseg.evaluate.retrieval import retrieval_recall
+from locseg.train.retrieval import load_retrieval_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streets", nargs="+", required=True)
+    parser.add_argument("--heads", nargs="+", required=True)
+    parser.add_argument("--weights", default="synthseasons-slim-dmcgn-v3",
+                        help="the hypercolumn weights that hypercolumn heads pool")
+    parser.add_argument("--max-side", type=int, default=512)
+    args = parser.parse_args()
+    models = {head: load_retrieval_model(head, args.weights).eval() for head in args.heads}
+    header = None
+    for street in args.streets:
+        for head, model in models.items():
+            recall = retrieval_recall(model, street, max_side=args.max_side)
+            if header is None:
+                header = list(recall)
+                print("| street | head | " + " | ".join(header) + " |")
+                print("|---" * (len(header) + 2) + "|")
+            cells = " | ".join(" / ".join(f"{recall[c][k]:.1f}" for k in (1, 5, 10)) for c in header)
+            print(f"| {street} | {head} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
