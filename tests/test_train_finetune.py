@@ -76,9 +76,15 @@ def test_a_step_on_images_the_strides_do_not_divide():
     covered = _covered(points, (200, 150), [4, 8, 8, 16, 16])
     assert covered.tolist() == ((points[:, 0] <= 192) & (points[:, 1] <= 144)).tolist()
     sample = PairSample(images[0], images[1], points, points + 0.0, "reference/a.png", "night/b.png")
-    model = build_model(dataclasses.replace(FAST, positives=32))
-    loss, breakdown = training_step(model, sample, 0, dataclasses.replace(FAST, positives=32), generator)
+    config = dataclasses.replace(FAST, positives=32)
+    model = build_model(config)
+    loss, breakdown = training_step(model, sample, 0, config, torch.Generator().manual_seed(1))
     assert torch.isfinite(loss) and breakdown["total"] > 0
+    # the whole-map term on the same draws: the per-level terms stay, its own term adds on
+    combined = dataclasses.replace(config, loss=dataclasses.replace(config.loss, combined_weight=0.5))
+    loss_c, breakdown_c = training_step(model, sample, 0, combined, torch.Generator().manual_seed(1))
+    assert breakdown_c["dmc"] == pytest.approx(breakdown["dmc"]) and breakdown_c["dmc_combined"] > 0
+    assert loss_c.detach().item() == pytest.approx(loss.detach().item() + 0.5 * breakdown_c["dmc_combined"], rel=1e-5)
 
 
 def test_the_bundled_interim_weights_load_by_name():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -270,6 +271,37 @@ def test_total_finetune_loss_sums_levels_and_backpropagates():
         generator=torch.Generator().manual_seed(0),
     )
     assert again.item() == total.item()
+
+
+def test_the_combined_term_is_the_dmc_of_the_whole_maps_against_their_hardest_negative():
+    """With pool size 1 the mined negative is the hardest cell farther than alpha from the
+    true match, found here by brute force; the term adds ``combined_weight`` times its DMC."""
+    level_a, level_b = _smooth_map(30).float(), _smooth_map(31).float()
+    whole_a, whole_b = _smooth_map(32, c=8).float(), _smooth_map(33, c=8).float()
+    kp = (_keypoints(6, seed=4) * 2).float()        # input pixels; the whole maps' cells span 2 of them
+    size = (2 * W, 2 * H)
+    seed_loss = FinetuneLossConfig(neg_radius=1.5)
+    combined = dataclasses.replace(seed_loss, combined_weight=0.3)
+
+    def loss(config):
+        return total_finetune_loss([level_a], [level_b], kp, kp, size, size, pool_size=1, config=config,
+                                   generator=torch.Generator().manual_seed(0), combined=(whole_a, whole_b, 2.0))
+    base, _ = loss(seed_loss)
+    total, parts = loss(combined)
+    desc_a, desc_b = _sample_map(whole_a, kp / 2), _sample_map(whole_b, kp / 2)
+    xs, ys = _grid()
+    cells = torch.stack([xs, ys], dim=-1).reshape(-1, 2).float()
+    distances = torch.cdist(desc_a, whole_b.reshape(8, -1).T)                     # (N, H W)
+    far = torch.cdist(kp / 2, cells) > 1.5
+    d_neg = distances.masked_fill(~far, math.inf).min(dim=1).values
+    d_pos = (desc_a - desc_b).norm(dim=1)
+    expected = ((d_pos - 0.1).clamp_min(0) ** 2).mean() + ((1 - d_neg).clamp_min(0) ** 2).mean()
+    assert parts["dmc_combined"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert total.item() == pytest.approx(base.item() + 0.3 * expected.item(), rel=1e-5)
+    with pytest.raises(InputError, match="needs the combined maps"):
+        total_finetune_loss([level_a], [level_b], kp, kp, size, size, pool_size=1, config=combined)
+    with pytest.raises(InputError, match="combined_weight must be >= 0"):
+        FinetuneLossConfig(combined_weight=-1)
 
 
 def test_total_finetune_loss_rejects_bad_inputs():

@@ -189,6 +189,17 @@ class Hypercolumns(nn.Module):
         # not .contiguous(): a batch of one viewed from an (H, W, 3) image passes the
         # channels-last test with a batch stride that makes the convolutions fall back to NCHW.
         maps = self.backbone.activations(images.clone(memory_format=torch.channels_last), self.layers)
+        return self.assemble(maps, height, width)
+
+    def assemble(self, maps: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """Dense hypercolumns from the activations of ``layers`` (``backbone.activations``).
+
+        Args:
+            maps: one (B, C_l, H / s_l, W / s_l) activation per layer, in ``layers`` order.
+            height, width: H, W of the input image.
+        Returns:
+            (B, C, floor(H / 4), floor(W / 4)) as ``dense`` returns it; differentiable.
+        """
         h4, w4 = height // STRIDE, width // STRIDE
         # concatenated channels-last, the layout in which the localizer gathers a cell's
         # hypercolumn and refinement samples the map

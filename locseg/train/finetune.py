@@ -8,7 +8,8 @@ M = max(5, 300 e^(-0.6 k / 10000))); a run that continues earlier ones
 reads the schedule at k = ``mining_offset`` + its own step, so the negatives keep
 getting harder across runs instead of starting over. The loss is the double-margin contrastive
 loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and AdamW
-(weight decay 0.05) minimises it.
+(weight decay 0.05) minimises it. Optionally (``FinetuneLossConfig.combined_weight``, not
+in the seed) one more DMC term compares the whole hypercolumn maps, as matching does.
 
 A run writes ``output`` (a training checkpoint, atomically, every
 ``checkpoint_every`` steps and at the end) and ``output`` with the suffix
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from ..device import AUTO, resolve_device
 from ..errors import InputError
 from ..evaluate.matching import matching_precision
-from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.hypercolumn import DEFAULT_LAYERS, STRIDE, Hypercolumns
 from ..models.load import load_hypercolumns
 from ..models.weights import save_safetensors
 from .losses import FinetuneLossConfig, total_finetune_loss
@@ -105,9 +106,13 @@ def build_model(config: FinetuneConfig) -> Hypercolumns:
     return load_hypercolumns(config.backbone, config.init, config.layers, config.seed)
 
 
-def level_maps(model: Hypercolumns, image: torch.Tensor) -> list[torch.Tensor]:
-    """The (C_l, H_l, W_l) maps of every hypercolumn level of one (3, H, W) image, unit norm per pixel."""
-    return [F.normalize(m[0], dim=0) for m in model.backbone.activations(image[None], model.layers)]
+def level_maps(model: Hypercolumns, image: torch.Tensor,
+               combined: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The (C_l, H_l, W_l) maps of every hypercolumn level of one (3, H, W) image, unit norm
+    per pixel, and with ``combined`` its whole (C, H/4, W/4) hypercolumn map (else None)."""
+    activations = model.backbone.activations(image[None], model.layers)
+    whole = model.assemble(activations, *image.shape[-2:])[0] if combined else None
+    return [F.normalize(m[0], dim=0) for m in activations], whole
 
 
 def training_step(model: Hypercolumns, sample: PairSample, step: int, config: FinetuneConfig,
@@ -123,9 +128,13 @@ def training_step(model: Hypercolumns, sample: PairSample, step: int, config: Fi
     inside = _covered(sample.points_a, size_a, strides) & _covered(sample.points_b, size_b, strides)
     points_a, points_b = sample.points_a[inside], sample.points_b[inside]
     keep = sample_positives(len(points_a), config.positives, generator)
+    whole = config.loss.combined_weight > 0
+    levels_a, combined_a = level_maps(model, sample.image_a, whole)
+    levels_b, combined_b = level_maps(model, sample.image_b, whole)
     loss, breakdown = total_finetune_loss(
-        level_maps(model, sample.image_a), level_maps(model, sample.image_b), points_a[keep], points_b[keep],
-        size_a, size_b, mining_pool_size(step + config.mining_offset), config.loss, generator, strides=strides)
+        levels_a, levels_b, points_a[keep], points_b[keep], size_a, size_b,
+        mining_pool_size(step + config.mining_offset), config.loss, generator, strides=strides,
+        combined=(combined_a, combined_b, STRIDE) if whole else None)
     return loss, {k: float(v) for k, v in breakdown.items() if "/" not in k}
 
 

@@ -354,6 +354,10 @@ class FinetuneLossConfig:
             farther than this from the true match. Not given by seed 002;
             4 cells (16 px of a 1/4-resolution map) is a starting guess.
         gn_damping: epsilon added to the diagonal of the GN Hessian.
+        combined_weight: weight of one more DMC term on the whole hypercolumn
+            map (``Hypercolumns.assemble``: what matching compares), its negatives
+            mined in that map, alpha in its 1/4-grid cells. Not in seed 002, whose
+            loss sees each level alone; 0 (default) leaves the seed's loss.
     """
 
     margin_pos: float = 0.1
@@ -363,17 +367,29 @@ class FinetuneLossConfig:
     gn_term_weights: tuple[float, float] = (1.0, 2.0 / 7.0)
     neg_radius: float = 4.0
     gn_damping: float = 1e-6
+    combined_weight: float = 0.0
 
     def __post_init__(self):
         if not (0 <= self.margin_pos < self.margin_neg):
             raise InputError(f"need 0 <= margin_pos < margin_neg, got {self.margin_pos}, {self.margin_neg}")
         if not self.gn_weight >= 0:
             raise InputError(f"gn_weight must be >= 0, got {self.gn_weight}")
+        if not self.combined_weight >= 0:
+            raise InputError(f"combined_weight must be >= 0, got {self.combined_weight}")
         if not (self.vicinity >= 0 and self.neg_radius >= 0 and self.gn_damping > 0):
             raise InputError(
                 f"need vicinity >= 0, neg_radius >= 0, gn_damping > 0; got {self.vicinity}, "
                 f"{self.neg_radius}, {self.gn_damping}"
             )
+
+
+def _map_dmc(fa: torch.Tensor, fb: torch.Tensor, kpa: torch.Tensor, kpb: torch.Tensor, pool_size: int,
+             config: FinetuneLossConfig, generator: torch.Generator | None) -> DMCTerms:
+    """DMC of one pair of maps at keypoints in their own grids, one mined negative per positive."""
+    desc_a = _sample_map(fa, kpa)
+    d_pos = _distance(desc_a, _sample_map(fb, kpb))
+    negatives = mine_negatives(desc_a, fb, kpb, config.neg_radius, pool_size, generator)
+    return double_margin_contrastive(d_pos, negatives.distance, config.margin_pos, config.margin_neg)
 
 
 def total_finetune_loss(
@@ -387,8 +403,10 @@ def total_finetune_loss(
     config: FinetuneLossConfig | None = None,
     generator: torch.Generator | None = None,
     strides: Sequence[float] | None = None,
+    combined: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Seed 002's fine-tuning loss, ``sum_l DMC_l + lambda * sum_l GN_l`` (eq. 7).
+    """Seed 002's fine-tuning loss, ``sum_l DMC_l + lambda * sum_l GN_l`` (eq. 7),
+    plus ``config.combined_weight`` times the DMC loss of the ``combined`` maps.
 
     With ``strides`` (input pixels per cell of each level, e.g. from
     ``VGG16.stride_entering``), keypoints given in input pixels map to level l as
@@ -416,12 +434,18 @@ def total_finetune_loss(
         pool_size: M, see ``locseg.train.mining.mining_pool_size``.
         config: hyper-parameters; defaults to ``FinetuneLossConfig()``.
         generator: CPU random generator (negatives, GN start points).
+        strides: see above.
+        combined: ``(map_a, map_b, stride)``, the whole hypercolumn maps ``(C, h, w)``
+            of both images, whose cells span ``stride`` units of the keypoints'
+            grids (4 for a 1/4 grid and keypoints in input pixels); needed
+            when ``config.combined_weight`` > 0, ignored otherwise.
 
     Returns:
         ``(total, breakdown)``: the 0-d loss to back-propagate, and detached
         0-d tensors for logging: ``total``, ``dmc``, ``dmc_pos``, ``dmc_neg``,
         ``gn`` (unweighted by lambda), ``gn_align``, ``gn_logdet`` (summed over
-        levels, unweighted by w1, w2), and per level ``dmc/<l>``, ``gn/<l>``.
+        levels, unweighted by w1, w2), per level ``dmc/<l>``, ``gn/<l>``, and
+        with a combined term ``dmc_combined`` (unweighted).
     """
     config = FinetuneLossConfig() if config is None else config
     if len(feats_a) != len(feats_b) or len(feats_a) == 0:
@@ -445,10 +469,7 @@ def total_finetune_loss(
         else:
             kpa = kp_a * kp_a.new_tensor([fa.shape[2] / size_a[0], fa.shape[1] / size_a[1]])
             kpb = kp_b * kp_b.new_tensor([fb.shape[2] / size_b[0], fb.shape[1] / size_b[1]])
-        desc_a = _sample_map(fa, kpa)
-        d_pos = _distance(desc_a, _sample_map(fb, kpb))
-        negatives = mine_negatives(desc_a, fb, kpb, config.neg_radius, pool_size, generator)
-        dmc = double_margin_contrastive(d_pos, negatives.distance, config.margin_pos, config.margin_neg)
+        dmc = _map_dmc(fa, fb, kpa, kpb, pool_size, config, generator)
         gn = gauss_newton_loss(
             fa, fb, kpa, kpb, config.vicinity, config.gn_term_weights, generator, config.gn_damping
         )
@@ -460,7 +481,17 @@ def total_finetune_loss(
             sums[key] = sums[key] + value
 
     total = sums["dmc"] + config.gn_weight * sums["gn"]
-    breakdown = {"total": total.detach()} | {key: value.detach() for key, value in sums.items()}
+    extra = {}
+    if config.combined_weight > 0:
+        if combined is None:
+            raise InputError("combined_weight > 0 needs the combined maps of both images (combined=...)")
+        map_a, map_b, stride = combined
+        _check_map("combined map_a", map_a)
+        _check_map("combined map_b", map_b)
+        whole = _map_dmc(map_a, map_b, kp_a / stride, kp_b / stride, pool_size, config, generator)
+        total = total + config.combined_weight * whole.total
+        extra["dmc_combined"] = whole.total.detach()
+    breakdown = {"total": total.detach()} | {key: value.detach() for key, value in sums.items()} | extra
     for level, (dmc, gn) in per_level.items():
         breakdown[f"dmc/{level}"] = dmc.total.detach()
         breakdown[f"gn/{level}"] = gn.total.detach()
