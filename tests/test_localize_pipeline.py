@@ -196,3 +196,9 @@ def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(r
     assert summary["points"] <= 20
     with pytest.raises(InputError, match="min_points"):
         LocalizeConfig(refine_points=3)
+
+
+def test_the_config_names_the_valid_hypercolumn_normalisations():
+    assert LocalizeConfig().hypercolumn_norm == "levels"
+    with pytest.raises(InputError, match="unknown hypercolumn_norm 'l1'; valid: levels, joint"):
+        LocalizeConfig(hypercolumn_norm="l1")

@@ -44,7 +44,7 @@ from ..errors import InputError, LocsegError
 from ..geometry import Camera, Pose
 from ..io.localize_log import LogWriter, read_log
 from ..io.poses import write_poses
-from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.hypercolumn import DEFAULT_LAYERS, NORMALIZATIONS, Hypercolumns
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.preprocess import load_image, prepare_image
 from ..store import FeatureStore, model_id
@@ -75,7 +75,7 @@ class LocalizeConfig:
     retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
-    hypercolumn_norm: str = "levels"   # locseg.models.hypercolumn.NORMALIZATIONS
+    hypercolumn_norm: str = NORMALIZATIONS[0]   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
     max_side: int = 512
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
@@ -86,6 +86,8 @@ class LocalizeConfig:
     refine_points: int = 512        # inliers aligned by refinement, evenly spread over them (0: all)
 
     def __post_init__(self) -> None:
+        if self.hypercolumn_norm not in NORMALIZATIONS:
+            raise InputError(f"unknown hypercolumn_norm {self.hypercolumn_norm!r}; valid: {', '.join(NORMALIZATIONS)}")
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
