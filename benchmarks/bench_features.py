@@ -18,7 +18,7 @@ import argparse
 
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
-from locseg.models.hypercolumn import NORMALIZATIONS
+from locseg.models.hypercolumn import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from locseg.models.load import load_hypercolumns
 from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import PlaceImages, RetrievalConfig
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--retrieval-max-side", type=int, default=256)
     parser.add_argument("--points", type=int, default=1000)
-    parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[NORMALIZATIONS[0]])
+    parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[DEFAULT_NORMALIZATION])
     args = parser.parse_args()
     pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
     header = None

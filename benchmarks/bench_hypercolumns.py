@@ -19,11 +19,11 @@ import time
 import torch
 
 from locseg.models import Hypercolumns, build_backbone
-from locseg.models.hypercolumn import NORMALIZATIONS
+from locseg.models.hypercolumn import DEFAULT_NORMALIZATION, NORMALIZATIONS
 
 
 def time_dense(name: str, width: int, height: int, repeats: int, warmup: int,
-               normalization: str = NORMALIZATIONS[0]) -> tuple[list[float], tuple]:
+               normalization: str = DEFAULT_NORMALIZATION) -> tuple[list[float], tuple]:
     torch.manual_seed(0)
     net = Hypercolumns(build_backbone(name), normalization=normalization).eval()
     image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=[512, 384], metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--backbones", nargs="+", default=["vgg16-slim", "vgg16"])
-    parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[NORMALIZATIONS[0]])
+    parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[DEFAULT_NORMALIZATION])
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")

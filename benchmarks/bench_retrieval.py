@@ -2,11 +2,13 @@
 
     python benchmarks/bench_retrieval.py --streets outputs/val/synthseasons-train-5 outputs/synthseasons-test-0 \\
         --heads synthseasons-slim-vlad-v3 outputs/vlad/levels-3k.safetensors \\
-        [--weights synthseasons-slim-dmcgn-v3] [--max-side 512]
+        [--weights synthseasons-slim-dmcgn-v3] [--max-side 512] [--hypercolumn-norm levels]
 
 Every head ranks every street's queries against its references, as ``locseg
 evaluate-features`` scores them (``locseg.evaluate.retrieval``: PCA whitening fitted
-on the references, a reference within 5 m and 30° is correct). Prints one Markdown
+on the references, a reference within 5 m and 30° is correct). A hypercolumn head pools
+maps normalised as it was trained (its metadata), unless ``--hypercolumn-norm`` forces
+another normalisation for every head. Prints one Markdown
 row per street and head: recall@1 / @5 / @10 overall and per condition. Streets used
 to choose a head must be ones no head was trained on.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from locseg.evaluate.retrieval import retrieval_recall
+from locseg.models.hypercolumn import NORMALIZATIONS
 from locseg.train.retrieval import load_retrieval_model
 
 
@@ -26,8 +29,10 @@ def main() -> None:
     parser.add_argument("--weights", default="synthseasons-slim-dmcgn-v3",
                         help="the hypercolumn weights that hypercolumn heads pool")
     parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=None)
     args = parser.parse_args()
-    models = {head: load_retrieval_model(head, args.weights).eval() for head in args.heads}
+    models = {head: load_retrieval_model(head, args.weights, normalization=args.hypercolumn_norm).eval()
+              for head in args.heads}
     header = None
     for street in args.streets:
         for head, model in models.items():

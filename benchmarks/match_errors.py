@@ -2,7 +2,8 @@
 several pixel distances, per condition, for feature weights on a SynthSeasons street.
 
     python benchmarks/match_errors.py --dataset outputs/val/synthseasons-train-5 \\
-        --weights synthseasons-slim-dmcgn-v3 [--every 3] [--points 500] [--layers 14,17,21] [--by-class]
+        --weights synthseasons-slim-dmcgn-v3 [--every 3] [--points 500] [--layers 14,17,21] [--by-class] \\
+        [--hypercolumn-norm joint]
 
 ``bench_features.py`` gives the 4 px figure of every pair; this one shows how far the
 misses are (near misses point at localisation, far ones at confusion) on every
@@ -20,11 +21,15 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from locseg.evaluate.matching import match_dense
+from locseg.evaluate.matching import match_errors
 from locseg.evaluate.segmentation import read_label_png
-from locseg.models.hypercolumn import DEFAULT_LAYERS
+from locseg.models.hypercolumn import (
+    DEFAULT_LAYERS,
+    DEFAULT_NORMALIZATION,
+    NORMALIZATIONS,
+)
+from locseg.models.load import load_hypercolumns
 from locseg.models.segmentation import CLASSES
-from locseg.train.finetune import FinetuneConfig, build_model
 from locseg.train.pairs import CorrespondencePairs
 
 RADII = (4, 6, 8, 16, 32)
@@ -48,32 +53,25 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=500)
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
+    parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=DEFAULT_NORMALIZATION)
     parser.add_argument("--by-class", action="store_true", help="rows per class of the reference point")
     args = parser.parse_args()
     layers = tuple(int(x) for x in args.layers.split(","))
     pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
-    model = build_model(FinetuneConfig(init=args.weights, layers=layers)).eval()
+    model = load_hypercolumns("vgg16-slim", args.weights, layers, normalization=args.hypercolumn_norm).eval()
     radii = torch.tensor(RADII, dtype=torch.float32)
     within, total = defaultdict(lambda: torch.zeros(len(RADII))), defaultdict(int)
-    generator = torch.Generator().manual_seed(0)
-    for index in range(0, len(pairs), args.every):
-        sample = pairs[index]
-        keep = torch.randperm(len(sample.points_a), generator=generator)[:args.points]
-        error = (match_dense(model, sample.image_a, sample.image_b, sample.points_a[keep])
-                 - sample.points_b[keep]).norm(dim=1)
+    for sample, keep, error in match_errors(model, pairs, args.points, indices=range(0, len(pairs), args.every)):
         hits = error[:, None] <= radii
         if args.by_class:
             size = (sample.image_a.shape[-1], sample.image_a.shape[-2])
             groups = np.array(reference_classes(args.dataset, sample.name_a, sample.points_a[keep], size))
-            for group in set(groups):
-                rows = torch.from_numpy(groups == group)
-                total[group] += int(rows.sum())
-                within[group] += hits[rows].sum(0)
         else:
-            total[sample.condition] += len(error)
-            within[sample.condition] += hits.sum(0)
-        total["all"] += len(error)
-        within["all"] += hits.sum(0)
+            groups = np.array([sample.condition] * len(error))
+        for group in set(groups.tolist()) | {"all"}:
+            rows = torch.from_numpy(groups == group) if group != "all" else torch.ones(len(error), dtype=torch.bool)
+            total[group] += int(rows.sum())
+            within[group] += hits[rows].sum(0)
     first = "class | share %" if args.by_class else "condition"
     print(f"| {first} | " + " | ".join(f"≤ {r} px" for r in RADII) + " |")
     print("|---" * (len(RADII) + 1 + args.by_class) + "|")

@@ -24,7 +24,7 @@ from locseg.localize.refine import RefineConfig
 from locseg.localize.robust import ROBUST_LOSSES
 from locseg.localize.triangulate import triangulate_reconstruction
 from locseg.models.backbone import BACKBONES
-from locseg.models.load import load_hypercolumns
+from locseg.models.load import load_hypercolumns, weights_digest
 from locseg.synth.generate import generate
 
 from .device import device_option
@@ -111,7 +111,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         query_list = read_query_list(queries)   # a malformed list fails here, before any work
         reference_map = ReferenceMap.read(reference, images)
         if not reference_map.has_points():
-            triangulated = output.parent / "reference-triangulated"
+            # one folder per feature setting: a model triangulated with other features is kept, not refused
+            triangulated = output.parent / f"reference-triangulated-{weights_digest(weights)[:12]}-{hypercolumn_norm}"
             click.echo(f"{reference} has poses but no 3D points: triangulating them with locseg features "
                        f"into {triangulated} (once)")
             model = triangulate_reconstruction(read_model(reference), images, triangulated,

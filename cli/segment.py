@@ -33,7 +33,7 @@ _DEFAULTS = SegConfig()
 @click.option("--backbone-mode", type=click.Choice(BACKBONE_MODES), default=_DEFAULTS.backbone_mode,
               show_default=True,
               help=f"frozen: share the feature backbone (--init, default {DEFAULT_BACKBONE_WEIGHTS}) untouched; "
-                   "finetune: train it at 0.1x the rate; separate: a backbone of its own, random unless --init. "
+                   "finetune: train it at 0.1x the rate (--backbone-lr-scale); separate: a backbone of its own, random unless --init. "
                    "An --init that is a whole segmentation model (heads included) is continued.")
 @click.option("--backbone-lr-scale", type=click.FloatRange(min=0), default=None,
               help="Backbone learning rate as a multiple of --lr [default: 0.1 for finetune, 1 for separate].")

@@ -14,6 +14,7 @@ from locseg.train.losses import FinetuneLossConfig
 from locseg.train.retrieval import RetrievalConfig, train_retrieval
 
 from .device import device_option
+from .hypercolumn_norm import hypercolumn_norm_option
 from .progress import stage_progress
 
 
@@ -97,14 +98,15 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
               show_default=True, help="Random negatives ranked per step; the hardest of them are trained on.")
 @click.option("--source", type=click.Choice(RETRIEVAL_SOURCES), default=RetrievalConfig().source, show_default=True,
               help="The map NetVLAD pools: conv5_3, or the dense hypercolumns the localizer computes anyway.")
+@hypercolumn_norm_option
 def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, freeze_backbone: bool, cache_positions: int, negative_candidates: int, source: str,
-              checkpoint_every: int, seed: int, resume: bool, device: torch.device) -> None:
+              hypercolumn_norm: str, checkpoint_every: int, seed: int, resume: bool, device: torch.device) -> None:
     """Train NetVLAD global descriptors with a triplet loss on places of known pose."""
     config = RetrievalConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                              freeze_backbone=freeze_backbone, cache_positions=cache_positions,
                              negative_candidates=negative_candidates, source=source,
-                             checkpoint_every=checkpoint_every, seed=seed)
+                             hypercolumn_norm=hypercolumn_norm, checkpoint_every=checkpoint_every, seed=seed)
     with stage_progress() as progress:
         train_retrieval(streets, output, config, resume=resume,
                         progress=lambda stage, done, total, losses: progress(

@@ -77,6 +77,7 @@ def test_full_vgg16_has_2048_channels():
     assert net.channels == 2048
     assert net.describe() == ("vgg16 [14 relu3_2 output, 17 pool3 output, 21 relu4_2 output, "
                               "24 pool4 output, 28 relu5_2 output] -> 2048, levels L2")
+    assert Hypercolumns(build_backbone("vgg16"), normalization="joint").describe().endswith("-> 2048, joint L2")
     with torch.no_grad():
         assert net.dense(torch.randn(1, 3, 32, 48)).shape == (1, 2048, 8, 12)
 

@@ -196,6 +196,18 @@ def test_config_differences():
     assert config_differences({"b": {"c": 2}}, {"b": 2}) == ["b"]
 
 
+def test_an_option_newer_than_the_checkpoint_is_no_difference_at_its_default():
+    saved = {"lr": 0.1, "loss": {"margin": 1.0}}
+    defaults = {"lr": 0.5, "new": False, "loss": {"margin": 1.0, "extra": 0.0}}
+    at_default = {"lr": 0.1, "new": False, "loss": {"margin": 1.0, "extra": 0.0}}
+    assert config_differences(saved, at_default, defaults=defaults) == []
+    assert config_differences(saved, at_default) == ["loss.extra", "new"]          # without defaults
+    moved = {"lr": 0.1, "new": True, "loss": {"margin": 1.0, "extra": 0.5}}
+    assert config_differences(saved, moved, defaults=defaults) == ["loss.extra", "new"]
+    # a key the checkpoint has and the current config lacks still differs
+    assert config_differences(at_default | {"old": 1}, at_default, defaults=defaults) == ["old"]
+
+
 def test_unplain_values_are_refused_before_writing(tmp_path):
     model, optimizer, generator = make_run(0)
     path = save_run(tmp_path / "last.pt", model, optimizer, generator, step=1)

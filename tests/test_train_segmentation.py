@@ -92,6 +92,8 @@ def test_the_backbone_learns_at_its_own_scale_of_the_rate():
     assert not any(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(InputError, match="'frozen' trains no backbone.*1.0"):
         SegConfig(backbone_mode="frozen", backbone_lr_scale=1.0)
+    with pytest.raises(InputError, match="backbone_lr_scale must be >= 0"):
+        SegConfig(backbone_lr_scale=-0.1)
 
 
 def test_commands_end_to_end(small_street, tmp_path):

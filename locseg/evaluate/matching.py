@@ -17,7 +17,7 @@ import torch
 
 from ..device import module_device
 from ..models.hypercolumn import STRIDE, Hypercolumns, grid_centers
-from ..train.pairs import CorrespondencePairs
+from ..train.pairs import CorrespondencePairs, PairSample
 
 ALL = "all"
 
@@ -63,11 +63,13 @@ def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tenso
 
 def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
                  indices: Sequence[int] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """For each pair (all, or those of ``indices``): the condition of image b and the (N,)
-    pixel distances between the dense argmax match (``match_dense``) and the true match, for
-    at most ``max_points`` true correspondences drawn with a generator seeded by ``seed``.
-    The model runs on its own device; the errors come back on the CPU."""
+                 progress: Callable[[str, int, int], None] | None = None,
+                 ) -> Iterator[tuple[PairSample, torch.Tensor, torch.Tensor]]:
+    """For each pair (all, or those of ``indices``): the pair, the (N,) indices of the
+    correspondences checked (at most ``max_points``, drawn with a generator seeded by
+    ``seed``), and their (N,) pixel distances between the dense argmax match
+    (``match_dense``) and the true match. The model runs on its own device; the errors
+    come back on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     indices = range(len(pairs)) if indices is None else indices
     device = module_device(model)
@@ -77,7 +79,7 @@ def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: in
         keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
         moved = sample.to(device)
         found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)]).cpu()
-        yield sample.condition, (found - sample.points_b[keep]).norm(dim=1)
+        yield sample, keep, (found - sample.points_b[keep]).norm(dim=1)
         if progress:
             progress("matching", done, len(indices))
 
@@ -87,6 +89,6 @@ def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshol
                        progress: Callable[[str, int, int], None] | None = None) -> MatchingPrecision:
     """Matching precision of ``model`` over ``pairs`` (at most ``max_points`` per pair)."""
     result = MatchingPrecision(threshold)
-    for condition, error in match_errors(model, pairs, max_points, seed, progress=progress):
-        result.add(condition, int((error <= threshold).sum()), len(error))
+    for sample, _, error in match_errors(model, pairs, max_points, seed, progress=progress):
+        result.add(sample.condition, int((error <= threshold).sum()), len(error))
     return result

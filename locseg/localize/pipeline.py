@@ -44,7 +44,12 @@ from ..errors import InputError, LocsegError
 from ..geometry import Camera, Pose
 from ..io.localize_log import LogWriter, read_log
 from ..io.poses import write_poses
-from ..models.hypercolumn import DEFAULT_LAYERS, NORMALIZATIONS, Hypercolumns
+from ..models.hypercolumn import (
+    DEFAULT_LAYERS,
+    DEFAULT_NORMALIZATION,
+    Hypercolumns,
+    check_normalization,
+)
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.preprocess import load_image, prepare_image
 from ..store import FeatureStore, model_id
@@ -75,7 +80,7 @@ class LocalizeConfig:
     retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
-    hypercolumn_norm: str = NORMALIZATIONS[0]   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
+    hypercolumn_norm: str = DEFAULT_NORMALIZATION   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
     max_side: int = 512
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
@@ -86,8 +91,7 @@ class LocalizeConfig:
     refine_points: int = 512        # inliers aligned by refinement, evenly spread over them (0: all)
 
     def __post_init__(self) -> None:
-        if self.hypercolumn_norm not in NORMALIZATIONS:
-            raise InputError(f"unknown hypercolumn_norm {self.hypercolumn_norm!r}; valid: {', '.join(NORMALIZATIONS)}")
+        check_normalization(self.hypercolumn_norm)
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
@@ -125,6 +129,11 @@ class Models:
                                          normalization=config.hypercolumn_norm).eval()
         describer = load_global_describer(config.retrieval_weights, hypercolumns.backbone,
                                           weights_digest(config.weights)).eval()
+        if describer.source == "hypercolumns" and describer.normalization != config.hypercolumn_norm:
+            raise InputError(f"retrieval weights {config.retrieval_weights!r} were trained on hypercolumns normalised "
+                             f"{describer.normalization!r}, not {config.hypercolumn_norm!r}; use retrieval weights "
+                             f"trained on {config.hypercolumn_norm!r} ones (synthseasons-slim-vlad-v3 pools 'joint', "
+                             "-v4 'levels'), or set the normalisation to match")
         hypercolumns.to(device)
         describer.to(device)
         preprocessing = {"max_side": config.max_side}

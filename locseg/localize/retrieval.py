@@ -25,7 +25,13 @@ import torch
 from ..errors import InputError, RegistryError
 from ..models.backbone import VGG16
 from ..models.load import load_backbone, weights_digest
-from ..models.netvlad import RETRIEVAL_SOURCES, NetVLAD, PCAWhitening, top_k
+from ..models.netvlad import (
+    RETRIEVAL_SOURCES,
+    NetVLAD,
+    PCAWhitening,
+    pooled_normalization,
+    top_k,
+)
 from ..models.weights import (
     load_state_dict,
     read_safetensors_metadata,
@@ -42,15 +48,19 @@ class GlobalDescriber(torch.nn.Module):
         netvlad: the trained pooling layer; its ``dim`` is the source's channels.
         backbone: the conv5_3 backbone (``conv5_3`` source only).
         model_id_base: names the weights, for feature-store model ids.
+        normalization: ``hypercolumns`` source: the hypercolumn normalisation the head
+            was trained to pool (``pooled_normalization``); None for conv5_3.
     """
 
-    def __init__(self, source: str, netvlad: NetVLAD, backbone: VGG16 | None, model_id_base: str):
+    def __init__(self, source: str, netvlad: NetVLAD, backbone: VGG16 | None, model_id_base: str,
+                 normalization: str | None = None):
         super().__init__()
         if source not in RETRIEVAL_SOURCES:
             raise RegistryError("retrieval source", source, list(RETRIEVAL_SOURCES))
         if source == "conv5_3" and backbone is None:
             raise InputError("conv5_3 retrieval needs a backbone")
         self.source, self.netvlad, self.backbone, self.model_id_base = source, netvlad, backbone, model_id_base
+        self.normalization = normalization
 
     def forward(self, image: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) normalised image and its (1, C, H/4, W/4) hypercolumns → (K·D,)."""
@@ -89,7 +99,8 @@ def load_global_describer(weights: str, hypercolumn_backbone: VGG16,
             raise InputError(f"retrieval weights {weights!r} pool the hypercolumns of other backbone weights than "
                              "the hypercolumn weights given; train them on those "
                              "(locseg train-retrieval --source hypercolumns --init ...)")
-    return GlobalDescriber(source, netvlad, backbone, f"vlad-{source}-{weights_digest(weights)[:12]}")
+    return GlobalDescriber(source, netvlad, backbone, f"vlad-{source}-{weights_digest(weights)[:12]}",
+                           pooled_normalization(metadata))
 
 
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -30,7 +30,8 @@ Conventions (the boundary where feature maps are sampled; stated here once):
 A hypercolumn is the concatenation, in the order of ``layers``, of the
 activations entering those ``features`` indices of the backbone, each sampled
 bilinearly at the 1/4-grid cell centres (an exact upsampling even when H, W are
-not multiples of the layer strides), then L2-normalised per pixel. Default
+not multiples of the layer strides), then L2-normalised per pixel (each level
+first, by default; see below). Default
 layers ``[14, 17, 21, 24, 28]``: relu3_2, pool3, relu4_2, pool4, relu5_2 outputs
 (2048 channels for VGG-16, 512 for the slim variant).
 
@@ -39,7 +40,7 @@ part is L2-normalised on its own before the concatenation is, so every level
 weighs the same in a cosine, as in the fine-tuning loss (``locseg.train.finetune``
 normalises each level); with ``"joint"`` (S2DHM's) only the concatenation is,
 and the levels with the largest activations dominate. On the bundled weights,
-``"levels"`` matches 6 points more correspondences (benchmarks/RESULTS.md).
+``"levels"`` raises matching precision by 6 percentage points (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ STRIDE = 4
 """Input pixels per cell of a dense hypercolumn map, in each direction."""
 NORMALIZATIONS: tuple[str, ...] = ("levels", "joint")
 """How a hypercolumn is L2-normalised: each level and then the whole, or the whole only."""
+DEFAULT_NORMALIZATION = NORMALIZATIONS[0]
+
+
+def check_normalization(normalization: str) -> str:
+    """``normalization`` if it is one of ``NORMALIZATIONS``, else an ``InputError`` naming them."""
+    if normalization not in NORMALIZATIONS:
+        raise InputError(f"unknown hypercolumn normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    return normalization
 
 
 def pixels_to_grid(uv: torch.Tensor, size: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -145,10 +154,10 @@ class Hypercolumns(nn.Module):
         torch.Size([2, 100, 512])
     """
 
-    def __init__(self, backbone: VGG16, layers: Iterable[int] = DEFAULT_LAYERS, normalization: str = "levels"):
+    def __init__(self, backbone: VGG16, layers: Iterable[int] = DEFAULT_LAYERS,
+                 normalization: str = DEFAULT_NORMALIZATION):
         super().__init__()
-        if normalization not in NORMALIZATIONS:
-            raise InputError(f"unknown hypercolumn normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        check_normalization(normalization)
         layers = tuple(layers)
         if not layers:
             raise InputError("Hypercolumns needs at least one layer")

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputError
 from .backbone import VGG16, build_backbone
-from .hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from .hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, Hypercolumns
 from .weights import _BUNDLED, file_sha256, load_state_dict, resolve_weights
 
 
@@ -41,7 +41,7 @@ def load_backbone(backbone: str, weights: str | None, seed: int = 0) -> VGG16:
 
 
 def load_hypercolumns(backbone: str, weights: str | None, layers: Iterable[int] = DEFAULT_LAYERS,
-                      seed: int = 0, normalization: str = "levels") -> Hypercolumns:
+                      seed: int = 0, normalization: str = DEFAULT_NORMALIZATION) -> Hypercolumns:
     """A hypercolumn extractor on ``load_backbone(backbone, weights, seed)``
     (``normalization``: see ``locseg.models.hypercolumn``)."""
     return Hypercolumns(load_backbone(backbone, weights, seed), layers, normalization)

@@ -22,6 +22,7 @@ descriptors, divides each axis by its standard deviation, and L2-normalises agai
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -34,6 +35,17 @@ from .hypercolumn import l2_normalize
 
 RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
 """Local maps that NetVLAD may pool: the backbone's conv5_3, or the dense hypercolumns."""
+LEGACY_HEAD_NORMALIZATION = "joint"
+"""What a hypercolumn head's file without a ``hypercolumn_norm`` entry pooled: such heads
+were trained before locseg normalised each level (``locseg.models.hypercolumn``)."""
+
+
+def pooled_normalization(metadata: Mapping[str, str]) -> str | None:
+    """The hypercolumn normalisation a retrieval head was trained to pool, from its
+    safetensors metadata; None for a conv5_3 head, which pools no hypercolumns."""
+    if metadata.get("source", "conv5_3") != "hypercolumns":
+        return None
+    return metadata.get("hypercolumn_norm", LEGACY_HEAD_NORMALIZATION)
 
 
 class NetVLAD(nn.Module):

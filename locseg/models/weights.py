@@ -553,7 +553,7 @@ register_bundled(
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-vlad-v4", "synthseasons-slim-vlad-v4.safetensors",
-    "769d20fa3d151f509a4f6da5445503b6e68ac60c90647ebdb5a997f2ed47ecca",
+    "9dd44021d243b47ba2e55e29d64d8ee5f521bcf6d1b2df22e525cc1718be7e05",
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v3 with each level "
     "normalised, k-means then 3000 triplet steps on cached features of SynthSeasons train streets 0-4 "
     "(benchmarks/RESULTS.md)",

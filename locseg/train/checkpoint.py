@@ -122,12 +122,15 @@ def load_checkpoint(
     *,
     config: Mapping[str, Any] | None = None,
     allow_config_change: bool = False,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
     Args:
         path: the checkpoint file.
-        config: the current run's config; if given, it must equal the saved one.
+        config: the current run's config; if given, it must equal the saved one,
+            except for keys the checkpoint lacks that are at their ``defaults``
+            (``config_differences``).
         allow_config_change: accept a differing ``config`` (the caller decides
             what resuming under a new config means).
 
@@ -143,7 +146,7 @@ def load_checkpoint(
         raise InputError(f"checkpoint {path} does not exist")
     content = _read(path)
     if config is not None and not allow_config_change:
-        differences = config_differences(content["config"], config)
+        differences = config_differences(content["config"], config, defaults=defaults)
         if differences:
             raise InputError(
                 f"checkpoint {path} was written with a different config; differing keys: "
@@ -175,11 +178,14 @@ def _read(path: Path) -> dict[str, Any]:
     return content
 
 
-def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+def config_differences(saved: Any, current: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     """Dotted keys at which two configs differ (added, removed or changed).
 
     Lists and tuples compare as the same kind of sequence, and ints equal to
-    floats compare equal, since a config may pass through a file and back.
+    floats compare equal, since a config may pass through a file and back. With
+    ``defaults`` (the config class's defaults, nested like ``current``), a key
+    missing from ``saved`` whose current value is its default is no difference: it
+    is an option newer than the checkpoint, left where the older code behaved.
     """
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         keys = list(saved) + [k for k in current if k not in saved]
@@ -187,10 +193,13 @@ def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
         for key in keys:
             name = f"{prefix}.{key}" if prefix else str(key)
             a, b = saved.get(key, _MISSING), current.get(key, _MISSING)
+            default = defaults.get(key, _MISSING) if isinstance(defaults, Mapping) else _MISSING
+            if a is _MISSING and b is not _MISSING and default is not _MISSING and _same_value(b, default):
+                continue
             if a is _MISSING or b is _MISSING:
                 out.append(name)
             else:
-                out.extend(config_differences(a, b, name))
+                out.extend(config_differences(a, b, name, None if default is _MISSING else default))
         return out
     return [] if _same_value(saved, current) else [prefix or "<config>"]
 

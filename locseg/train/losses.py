@@ -486,6 +486,8 @@ def total_finetune_loss(
         if combined is None:
             raise InputError("combined_weight > 0 needs the combined maps of both images (combined=...)")
         map_a, map_b, stride = combined
+        if not stride > 0:
+            raise InputError(f"the combined maps' stride must be > 0, got {stride}")
         _check_map("combined map_a", map_a)
         _check_map("combined map_b", map_b)
         whole = _map_dmc(map_a, map_b, kp_a / stride, kp_b / stride, pool_size, config, generator)

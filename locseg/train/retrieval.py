@@ -41,9 +41,14 @@ from ..errors import InputError, RegistryError
 from ..geometry import Pose
 from ..io.poses import read_poses
 from ..models.backbone import build_backbone
-from ..models.hypercolumn import DEFAULT_LAYERS, Hypercolumns
+from ..models.hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, Hypercolumns
 from ..models.load import backbone_state, weights_digest
-from ..models.netvlad import RETRIEVAL_SOURCES, NetVLAD, PCAWhitening
+from ..models.netvlad import (
+    RETRIEVAL_SOURCES,
+    NetVLAD,
+    PCAWhitening,
+    pooled_normalization,
+)
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.weights import (
     load_state_dict,
@@ -64,17 +69,18 @@ class RetrievalModel(nn.Module):
     Args:
         source: the pooled map, ``"conv5_3"`` (NetVLAD's choice) or ``"hypercolumns"``
             (the dense hypercolumns of ``layers``, which the localizer computes anyway).
+        normalization: of those hypercolumns (``locseg.models.hypercolumn``).
     """
 
     def __init__(self, backbone: str = "vgg16-slim", clusters: int = 64, source: str = "conv5_3",
-                 layers: tuple[int, ...] = DEFAULT_LAYERS):
+                 layers: tuple[int, ...] = DEFAULT_LAYERS, normalization: str = DEFAULT_NORMALIZATION):
         super().__init__()
         if source not in RETRIEVAL_SOURCES:
             raise RegistryError("retrieval source", source, list(RETRIEVAL_SOURCES))
         self.backbone = build_backbone(backbone)
-        self.source, self.layers = source, tuple(layers)
-        dim = self.backbone.channels_entering(29) if source == "conv5_3" else \
-            Hypercolumns(self.backbone, self.layers).channels
+        self.source, self.layers, self.normalization = source, tuple(layers), normalization
+        self.hypercolumns = Hypercolumns(self.backbone, self.layers, normalization)   # shares the backbone
+        dim = self.backbone.channels_entering(29) if source == "conv5_3" else self.hypercolumns.channels
         self.netvlad = NetVLAD(dim, clusters)
         self.whitening = PCAWhitening()
 
@@ -82,7 +88,7 @@ class RetrievalModel(nn.Module):
         """(B, D, h, w) the map that NetVLAD pools."""
         if self.source == "conv5_3":
             return self.backbone.conv5_3(images)
-        return Hypercolumns(self.backbone, self.layers).dense(images)
+        return self.hypercolumns.dense(images)
 
     def forward(self, images: torch.Tensor, whiten: bool = True) -> torch.Tensor:
         descriptors = self.netvlad(self.local_features(images))
@@ -97,6 +103,7 @@ class RetrievalConfig:
     init: str | None = None
     clusters: int = 64
     source: str = "conv5_3"
+    hypercolumn_norm: str = DEFAULT_NORMALIZATION   # of the pooled hypercolumns (source "hypercolumns")
     max_side: int = 512
     iterations: int = 500
     lr: float = 1e-4
@@ -239,7 +246,7 @@ def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: b
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = RetrievalModel(config.backbone, config.clusters, config.source)
+        model = RetrievalModel(config.backbone, config.clusters, config.source, normalization=config.hypercolumn_norm)
     if config.init:
         state = load_state_dict(config.init)
         backbone = {k: v for k, v in state.items() if k.startswith("features.")}
@@ -264,11 +271,13 @@ def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: b
 
 
 def load_retrieval_model(weights: str, hypercolumn_weights: str | None = None,
-                         backbone: str = "vgg16-slim") -> RetrievalModel:
+                         backbone: str = "vgg16-slim", normalization: str | None = None) -> RetrievalModel:
     """A trained retrieval model for evaluation, from ``locseg train-retrieval`` weights.
 
     A ``hypercolumns`` head exported without its (frozen) backbone pools the
-    hypercolumns of ``hypercolumn_weights``, which must then be given.
+    hypercolumns of ``hypercolumn_weights``, which must then be given, normalised as the
+    head was trained (its metadata, ``pooled_normalization``) unless ``normalization``
+    overrides it, e.g. to measure a head on maps it was not trained on.
     """
     state = load_state_dict(weights)
     path = resolve_weights(weights)
@@ -277,7 +286,8 @@ def load_retrieval_model(weights: str, hypercolumn_weights: str | None = None,
     netvlad = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("netvlad.")}
     if not netvlad:
         raise InputError(f"weights {weights!r} hold no 'netvlad.*' tensors; train them with locseg train-retrieval")
-    model = RetrievalModel(metadata.get("backbone", backbone), netvlad["centroids"].shape[0], source)
+    model = RetrievalModel(metadata.get("backbone", backbone), netvlad["centroids"].shape[0], source,
+                           normalization=normalization or pooled_normalization(metadata) or DEFAULT_NORMALIZATION)
     own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("backbone.")}
     if own:
         model.backbone.load_state_dict(own)
@@ -338,7 +348,8 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
+    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume,
+                    defaults=type(config)().to_dict())
 
     def pick(candidates: np.ndarray, count: int) -> np.ndarray:
         order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()
@@ -380,6 +391,8 @@ def export_weights(model: RetrievalModel, path: Path, config: RetrievalConfig) -
     and the metadata's ``init_digest`` lets it check they are the same weights)."""
     state = {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
     metadata = {"backbone": config.backbone, "source": config.source, "recipe": json.dumps(config.to_dict())}
+    if config.source == "hypercolumns":
+        metadata["hypercolumn_norm"] = config.hypercolumn_norm
     if config.freeze_backbone and config.source == "hypercolumns" and config.init:
         metadata["init_digest"] = weights_digest(config.init)
     else:

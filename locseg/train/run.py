@@ -32,14 +32,16 @@ class Run:
 
     @staticmethod
     def start(output: str | Path, config: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-              seed: int, resume: bool) -> "Run":
-        """A new run, or with ``resume`` the run saved at ``output`` (same config only).
+              seed: int, resume: bool, defaults: dict | None = None) -> "Run":
+        """A new run, or with ``resume`` the run saved at ``output`` (same config only;
+        ``defaults``, the config class's, lets a checkpoint older than an option resume
+        with that option at its default).
 
         A new run refuses to overwrite an existing ``output``.
         """
         run = Run(Path(output), config, model, optimizer, torch.Generator().manual_seed(seed))
         if resume:
-            checkpoint = load_checkpoint(run.output, config=config)
+            checkpoint = load_checkpoint(run.output, config=config, defaults=defaults)
             model.load_state_dict(checkpoint.model_state)
             optimizer.load_state_dict(checkpoint.optimizer_state)
             restore_rng_state(checkpoint.rng_state)

@@ -139,6 +139,8 @@ class SegConfig:
             object.__setattr__(self, "init", DEFAULT_BACKBONE_WEIGHTS)
         if self.backbone_lr_scale is None:
             object.__setattr__(self, "backbone_lr_scale", _BACKBONE_LR_SCALE[self.backbone_mode])
+        elif self.backbone_lr_scale < 0:
+            raise InputError(f"backbone_lr_scale must be >= 0 (0 freezes the backbone), got {self.backbone_lr_scale}")
         elif self.backbone_mode == "frozen" and self.backbone_lr_scale > 0:
             raise InputError(f"backbone mode 'frozen' trains no backbone, but backbone_lr_scale is "
                              f"{self.backbone_lr_scale}; use backbone mode 'finetune' or 'separate'")
@@ -435,7 +437,8 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     model = build_model(config).to(device)
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
-    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume)
+    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume,
+                    defaults=type(config)().to_dict())
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
