@@ -64,19 +64,20 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="alpha: negatives lie farther than this many cells (of each level's own grid) from the true match.")
 @click.option("--mining-offset", type=click.IntRange(min=0), default=FinetuneConfig().mining_offset, show_default=True,
               help="Steps of the earlier runs this one continues (--init); the mining schedule goes on from there.")
+@hypercolumn_norm_option
 @click.option("--combined-weight", type=click.FloatRange(min=0), default=FinetuneLossConfig().combined_weight,
               show_default=True,
               help="Weight of a DMC term on the whole hypercolumn map, the one matching compares, with negatives "
                    "mined in it (0: seed 002's per-level loss only).")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, combined_weight: float,
-             device: torch.device) -> None:
+             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
+             combined_weight: float, device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
-                            mining_offset=mining_offset,
+                            mining_offset=mining_offset, hypercolumn_norm=hypercolumn_norm,
                             loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius,
                                                     combined_weight=combined_weight))
     with stage_progress() as progress:

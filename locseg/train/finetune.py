@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..device import AUTO, resolve_device
 from ..errors import InputError
 from ..evaluate.matching import matching_precision
-from ..models.hypercolumn import DEFAULT_LAYERS, STRIDE, Hypercolumns
+from ..models.hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, STRIDE, Hypercolumns
 from ..models.load import load_hypercolumns
 from ..models.weights import save_safetensors
 from .losses import FinetuneLossConfig, total_finetune_loss
@@ -56,6 +56,7 @@ class FinetuneConfig:
     backbone: str = "vgg16-slim"
     init: str | None = None               # weights: a bundled name, a file or a URL; None = random
     layers: tuple[int, ...] = DEFAULT_LAYERS
+    hypercolumn_norm: str = DEFAULT_NORMALIZATION   # of validation's matching and the combined term
     max_side: int = 512
     iterations: int = 1000
     lr: float | None = None               # None: 1e-7 from given weights (seed 002), 1e-4 from scratch
@@ -103,7 +104,7 @@ class _Subset:
 def build_model(config: FinetuneConfig) -> Hypercolumns:
     """The backbone named in ``config``, with ``config.init`` weights if given, else
     initialised from ``config.seed`` (without touching the caller's random state)."""
-    return load_hypercolumns(config.backbone, config.init, config.layers, config.seed)
+    return load_hypercolumns(config.backbone, config.init, config.layers, config.seed, config.hypercolumn_norm)
 
 
 def level_maps(model: Hypercolumns, image: torch.Tensor,
