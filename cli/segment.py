@@ -55,6 +55,9 @@ _DEFAULTS = SegConfig()
               help="Weight of the correspondence loss; the total is scaled by 1/(1+lambda). 0: labels only.")
 @click.option("--margin", type=click.FloatRange(-1, 1), default=_DEFAULTS.margin, show_default=True,
               help="Cosine margin m of the hinge losses, max(0, m - cos).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.min_confidence,
+              show_default=True,
+              help="Drop correspondences whose reference prediction has a lower softmax probability (0: keep all).")
 @click.option("--warmup", type=click.IntRange(min=0), default=_DEFAULTS.warmup, show_default=True,
               help="Steps on labels alone before the correspondence loss starts.")
 @click.option("--crop", type=click.IntRange(min=32), default=None,
@@ -69,7 +72,7 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
               backbone_lr_scale: float | None,
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
               correspondence_loss: str,
-              correspondence_weight: float, margin: float, warmup: int, crop: int | None,
+              correspondence_weight: float, margin: float, min_confidence: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int, device: torch.device) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode,
@@ -78,7 +81,7 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
                        balance_correspondences=balance_correspondences,
                        max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
-                       margin=margin, warmup=warmup, labels_per_condition=labels_per_condition,
+                       margin=margin, min_confidence=min_confidence, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,

@@ -13,6 +13,7 @@ from locseg.models.segmentation import NUM_CLASSES, SegOutput
 from locseg.train.seg_losses import (
     class_weights,
     combine,
+    confident,
     correspondence_ce,
     correspondence_hinge,
     correspondence_loss,
@@ -89,6 +90,31 @@ def test_correspondence_loss_drops_non_stationary_reference_pixels():
         correspondence_loss("hinge-x", reference, target, points, target_points)
     with pytest.raises(ShapeError):
         correspondence_loss("ce", reference, target, points, target_points[:2])
+
+
+def test_confidence_filter_by_hand():
+    """Two classes: logits (a, 0) give the predicted class probability 1 / (1 + e^-a)."""
+    logits = torch.zeros(3, NUM_CLASSES)
+    logits[:, 0] = torch.tensor([0.0, 3.0, 10.0])   # the other 18 classes share the rest
+    top = torch.tensor([1 / (1 + 18), math.exp(3) / (math.exp(3) + 18), math.exp(10) / (math.exp(10) + 18)])
+    assert confident(logits, 0.5).tolist() == (top >= 0.5).tolist() == [False, True, True]
+    assert confident(logits, 0.999).tolist() == [False, False, True]
+
+
+def test_correspondence_loss_drops_unsure_reference_pixels():
+    # road sure (logit 10), building unsure (logit 1 against 18 zeros), car sure but non-stationary
+    reference_logits = torch.zeros(3, NUM_CLASSES)
+    reference_logits[0, 0], reference_logits[1, 2], reference_logits[2, 13] = 10.0, 1.0, 10.0
+    target_logits = torch.zeros(3, NUM_CLASSES, requires_grad=True)
+    features = torch.ones(3, 2)
+    reference, target = _output(reference_logits, features), _output(target_logits, features)
+    points = torch.tensor([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5]])
+    _, used = correspondence_loss("ce", reference, target, points, points)
+    assert used == 2                                             # the filter is off by default
+    loss, used = correspondence_loss("ce", reference, target, points, points, min_confidence=0.9)
+    assert used == 1 and loss.item() == pytest.approx(math.log(NUM_CLASSES))
+    loss.backward()
+    assert target_logits.grad[1:].abs().max() < 1e-6 and target_logits.grad[0].abs().max() > 0
 
 
 def test_supervised_loss_ignores_255_and_survives_an_unlabelled_image():

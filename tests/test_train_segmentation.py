@@ -96,6 +96,13 @@ def test_the_backbone_learns_at_its_own_scale_of_the_rate():
         SegConfig(backbone_lr_scale=-0.1)
 
 
+def test_the_confidence_threshold_is_a_probability_below_one():
+    assert SegConfig(min_confidence=0.9).min_confidence == 0.9
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match=r"min_confidence must be in \[0, 1\)"):
+            SegConfig(min_confidence=bad)
+
+
 def test_commands_end_to_end(small_street, tmp_path):
     weights = tmp_path / "seg.safetensors"
     out = CliRunner().invoke(train_seg, ["--dataset", str(small_street), "--output", str(weights.with_suffix(".pt")),

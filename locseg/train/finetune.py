@@ -35,7 +35,12 @@ import torch.nn.functional as F
 from ..device import AUTO, resolve_device
 from ..errors import InputError
 from ..evaluate.matching import matching_precision
-from ..models.hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, STRIDE, Hypercolumns
+from ..models.hypercolumn import (
+    DEFAULT_LAYERS,
+    DEFAULT_NORMALIZATION,
+    STRIDE,
+    Hypercolumns,
+)
 from ..models.load import load_hypercolumns
 from ..models.weights import save_safetensors
 from .losses import FinetuneLossConfig, total_finetune_loss

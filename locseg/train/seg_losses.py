@@ -12,6 +12,9 @@
 - ``stationary``: the non-stationary filter; a correspondence whose reference
   pixel is predicted as person, rider, car, truck, bus, train, motorcycle or
   bicycle is dropped.
+- ``confident``: an optional filter (not in seed 000): a correspondence whose
+  reference prediction has a softmax probability below a threshold is dropped, so
+  that uncertain reference labels (object borders, thin classes) teach nothing.
 - ``combine``: ``(L_sup + lambda L_corr) / (1 + lambda)``.
 
 With ``weight`` (C,) given, a correspondence loss becomes the weighted mean over its
@@ -126,6 +129,12 @@ def stationary(reference_logits: torch.Tensor, non_stationary: tuple[int, ...] =
     return ~torch.isin(predicted, torch.as_tensor(non_stationary, device=predicted.device))
 
 
+def confident(reference_logits: torch.Tensor, min_confidence: float) -> torch.Tensor:
+    """(N, C) reference logits -> (N,) bool: the predicted class's softmax probability is >= min_confidence."""
+    check_shape("reference_logits", tuple(reference_logits.shape), "(N, C)", reference_logits.ndim == 2)
+    return reference_logits.softmax(dim=1).amax(dim=1) >= min_confidence
+
+
 def combine(supervised: torch.Tensor, correspondence: torch.Tensor, weight: float) -> torch.Tensor:
     """``(supervised + weight * correspondence) / (1 + weight)``, weight >= 0."""
     if weight < 0:
@@ -135,8 +144,9 @@ def combine(supervised: torch.Tensor, correspondence: torch.Tensor, weight: floa
 
 def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, points_reference: torch.Tensor,
                         points_target: torch.Tensor, margin: float = HINGE_MARGIN,
-                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """One correspondence loss between a reference and a target image, after the non-stationary filter.
+                        weight: torch.Tensor | None = None, min_confidence: float = 0.0) -> tuple[torch.Tensor, int]:
+    """One correspondence loss between a reference and a target image, after the non-stationary
+    filter and, with ``min_confidence`` > 0, the confidence filter.
 
     Args:
         kind: ``"ce"``, ``"hinge-c"`` or ``"hinge-f"``.
@@ -144,6 +154,7 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
             computed without gradient.
         points_reference, points_target: (N, 2) corresponding COLMAP pixels of the two inputs.
         weight: (C,) class weights applied by the reference's predicted class, or None.
+        min_confidence: drop correspondences whose reference prediction is less sure (``confident``).
     Returns:
         the loss (0 when no correspondence is left) and how many correspondences it used.
     """
@@ -159,6 +170,8 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
 
     reference_logits = at(reference, "logits", points_reference).detach()
     keep = stationary(reference_logits)
+    if min_confidence > 0:
+        keep &= confident(reference_logits, min_confidence)
     points_reference, points_target = points_reference[keep], points_target[keep]
     reference_logits = reference_logits[keep]
     if kind == "ce":

@@ -20,7 +20,8 @@ over the labelled pixels' class frequencies f, so that thin classes are learned)
 ``L_corr`` one of the correspondence losses of ``locseg.train.seg_losses`` (CE,
 HingeC, HingeF) between the reference image, run in eval mode and without gradient,
 and the other image, after dropping the
-correspondences whose reference pixel is predicted as a non-stationary class
+correspondences whose reference pixel is predicted as a non-stationary class (and, with
+``min_confidence``, those predicted with a lower softmax probability)
 (with ``balance_correspondences``, each correspondence weighed by the class weight
 of the reference's prediction there, the same weights as L_sup's).
 Before the warm-up ends, L = L_sup. SGD with momentum and weight decay as in the
@@ -111,6 +112,7 @@ class SegConfig:
     correspondence_weight: float = 1.0    # lambda
     warmup: int = 500
     margin: float = 0.8
+    min_confidence: float = 0.0           # drop correspondences whose reference prediction is less sure (0: keep all)
     max_points: int = 4096
     reference_condition: str = "reference"
     labels_per_condition: int = 5
@@ -127,6 +129,8 @@ class SegConfig:
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
         if self.balance_correspondences and self.class_balance == 0:
             raise InputError("balance_correspondences needs class weights: set class_balance > 0 (e.g. 0.5)")
+        if not 0 <= self.min_confidence < 1:
+            raise InputError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
         if self.crop is not None and self.crop < 32:
             raise InputError(f"crop must be at least 32 pixels, got {self.crop}")
         for name in ("correspondence_weight", "aux_weight", "class_balance", "lr", "weight_decay"):
@@ -368,7 +372,7 @@ def correspondence_term(model: SegmentationModel, sample: PairSample, config: Se
     model.train(training)
     target = model(sample.image_b[None])
     loss, used = correspondence_loss(config.correspondence_loss, reference, target, points_r, points_t, config.margin,
-                                     weight)
+                                     weight, config.min_confidence)
     if used < MIN_POINTS:
         loss = loss * 0
     return loss, {"corr": float(loss.detach()), "points": float(used)}
