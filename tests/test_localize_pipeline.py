@@ -119,6 +119,16 @@ def test_a_bad_intrinsics_line_is_refused_before_any_work(run, tmp_path):
     assert not any(tmp_path.glob("features.h5*"))
 
 
+def test_cli_localize_refuses_a_head_trained_on_other_hypercolumns(run, tmp_path):
+    """--hypercolumn-norm reaches the localizer: joint maps and the default (levels) head
+    fail in one line, before any feature is computed."""
+    street = run[0]
+    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                                      "--hypercolumn-norm", "joint"])
+    assert result.exit_code == 2 and "normalised 'levels', not 'joint'" in result.output
+    assert not (tmp_path / "r.txt").exists() and not any(tmp_path.glob("features.h5*"))
+
+
 def test_cli_localize_prints_the_recall_table(run, tmp_path):
     street = run[0]
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
