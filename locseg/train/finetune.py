@@ -167,8 +167,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume,
-                    defaults=type(config)().to_dict())
+    run = Run.start(output, config, model, optimizer, resume)
 
     def validate() -> dict[str, float]:
         held_out = _Subset(pairs, validation_ids)

@@ -79,8 +79,7 @@ class RetrievalModel(nn.Module):
             raise RegistryError("retrieval source", source, list(RETRIEVAL_SOURCES))
         self.backbone = build_backbone(backbone)
         self.source, self.layers, self.normalization = source, tuple(layers), normalization
-        self.hypercolumns = Hypercolumns(self.backbone, self.layers, normalization)   # shares the backbone
-        dim = self.backbone.channels_entering(29) if source == "conv5_3" else self.hypercolumns.channels
+        dim = self.backbone.channels_entering(29) if source == "conv5_3" else self._hypercolumns().channels
         self.netvlad = NetVLAD(dim, clusters)
         self.whitening = PCAWhitening()
 
@@ -88,7 +87,12 @@ class RetrievalModel(nn.Module):
         """(B, D, h, w) the map that NetVLAD pools."""
         if self.source == "conv5_3":
             return self.backbone.conv5_3(images)
-        return self.hypercolumns.dense(images)
+        return self._hypercolumns().dense(images)
+
+    def _hypercolumns(self) -> Hypercolumns:
+        """A hypercolumn view of the backbone, made per call so that it stays out of the
+        state dict (whose keys checkpoints hold) and never holds a stale backbone."""
+        return Hypercolumns(self.backbone, self.layers, self.normalization)
 
     def forward(self, images: torch.Tensor, whiten: bool = True) -> torch.Tensor:
         descriptors = self.netvlad(self.local_features(images))
@@ -348,8 +352,7 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume,
-                    defaults=type(config)().to_dict())
+    run = Run.start(output, config, model, optimizer, resume)
 
     def pick(candidates: np.ndarray, count: int) -> np.ndarray:
         order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..errors import InputError
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+
+
+class RunConfig(Protocol):
+    """A training command's config: a dataclass whose defaults construct it, with a seed."""
+
+    seed: int
+
+    def to_dict(self) -> dict: ...
 
 
 @dataclass
@@ -31,17 +40,18 @@ class Run:
     metrics: dict = field(default_factory=lambda: {"history": []})
 
     @staticmethod
-    def start(output: str | Path, config: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-              seed: int, resume: bool, defaults: dict | None = None) -> "Run":
-        """A new run, or with ``resume`` the run saved at ``output`` (same config only;
-        ``defaults``, the config class's, lets a checkpoint older than an option resume
-        with that option at its default).
+    def start(output: str | Path, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+              resume: bool) -> "Run":
+        """A new run seeded by ``config.seed``, or with ``resume`` the run saved at ``output``
+        (same config only; an option newer than the checkpoint may stay at its default, as
+        the config class's defaults tell).
 
         A new run refuses to overwrite an existing ``output``.
         """
-        run = Run(Path(output), config, model, optimizer, torch.Generator().manual_seed(seed))
+        record = config.to_dict()
+        run = Run(Path(output), record, model, optimizer, torch.Generator().manual_seed(config.seed))
         if resume:
-            checkpoint = load_checkpoint(run.output, config=config, defaults=defaults)
+            checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict())
             model.load_state_dict(checkpoint.model_state)
             optimizer.load_state_dict(checkpoint.optimizer_state)
             restore_rng_state(checkpoint.rng_state)

@@ -441,8 +441,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     model = build_model(config).to(device)
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
-    run = Run.start(output, config.to_dict(), model, optimizer, config.seed, resume,
-                    defaults=type(config)().to_dict())
+    run = Run.start(output, config, model, optimizer, resume)
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
