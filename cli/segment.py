@@ -29,6 +29,11 @@ _DEFAULTS = SegConfig()
 @click.command("train-seg")
 @click.option("--dataset", "datasets", type=_DIR, required=True, multiple=True,
               help="A SynthSeasons street (or any folder with images/, labels/, correspondences/); repeat for several.")
+@click.option("--correspondences", type=_DIR, multiple=True,
+              help="A further folder of Cross-Season Correspondence files, used by the correspondence loss only "
+                   "(its labels are never read); repeat for several.")
+@click.option("--images", type=_DIR, multiple=True,
+              help="Root that the image paths in those files are relative to; one per --correspondences.")
 @run_options(_DEFAULTS, lr_default=_DEFAULTS.lr, lr_help="SGD learning rate of the heads (poly decay).")
 @click.option("--backbone-mode", type=click.Choice(BACKBONE_MODES), default=_DEFAULTS.backbone_mode,
               show_default=True,
@@ -67,7 +72,7 @@ _DEFAULTS = SegConfig()
 @click.option("--reference-condition", default=_DEFAULTS.reference_condition, show_default=True)
 @click.option("--validate-every", type=click.IntRange(min=0), default=_DEFAULTS.validate_every, show_default=True,
               help="Steps between mIoU checks on held-out images (0: never); the best weights go to .best.safetensors.")
-def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
+def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int, lr: float,
               max_side: int, checkpoint_every: int, seed: int, resume: bool, backbone_mode: str,
               backbone_lr_scale: float | None,
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
@@ -75,6 +80,9 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
               correspondence_weight: float, margin: float, min_confidence: float, warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int, device: torch.device) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
+    if len(correspondences) != len(images):
+        raise click.UsageError(f"give one --images root per --correspondences folder "
+                               f"({len(correspondences)} folders, {len(images)} roots)")
     config = SegConfig(backbone=backbone, backbone_mode=backbone_mode,
                        backbone_lr_scale=backbone_lr_scale, init=init, iterations=iterations, lr=lr,
                        head_layer=head_layer, aux_layer=aux_layer, class_balance=class_balance,
@@ -86,7 +94,7 @@ def train_seg(datasets: tuple[Path, ...], output: Path, init: str | None, backbo
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
                            progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)),
-                           device=device)
+                           device=device, extra_correspondences=list(zip(correspondences, images)))
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 

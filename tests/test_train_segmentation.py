@@ -69,6 +69,26 @@ def test_loss_falls_and_resume_is_exact(small_street, tmp_path):
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
 
 
+def test_correspondences_can_come_from_folders_whose_labels_are_never_read(small_street, tmp_path):
+    labelled_only = tmp_path / "labelled"          # images and labels, no correspondences/
+    labelled_only.mkdir()
+    for folder in ("images", "labels"):
+        (labelled_only / folder).symlink_to(small_street / folder)
+    config = dataclasses.replace(TINY, iterations=5)
+    with pytest.raises(InputError, match="no correspondences: no correspondences/ folder in .*labelled"):
+        train_segmentation([labelled_only], tmp_path / "none.pt", config)
+    extra = [(small_street / "correspondences", small_street / "images")]
+    history = load_checkpoint(train_segmentation([labelled_only], tmp_path / "extra.pt", config,
+                                                 extra_correspondences=extra)).metrics["history"]
+    assert history[4]["points"] > 0
+    with pytest.raises(InputError, match="no such folder: .*nowhere"):
+        train_segmentation([labelled_only], tmp_path / "typo.pt", config,
+                           extra_correspondences=[(tmp_path / "nowhere", small_street / "images")])
+    out = CliRunner().invoke(train_seg, ["--dataset", str(labelled_only), "--output", str(tmp_path / "cli.pt"),
+                                         "--correspondences", str(small_street / "correspondences")])
+    assert out.exit_code == 2 and "one --images root per --correspondences folder" in out.output
+
+
 def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):
     first = train_segmentation([small_street], tmp_path / "first.pt", dataclasses.replace(TINY, iterations=2))
     weights = first.with_suffix(".safetensors")

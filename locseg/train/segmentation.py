@@ -3,7 +3,9 @@
 Seed 000 (sections 3 and 5) on SynthSeasons-like datasets. A dataset is a folder
 with ``images/``, ``labels/`` (trainId PNGs of the same names) and
 ``correspondences/`` (Cross-Season files from the reference condition to the
-others). Labelled images are every image of the reference condition and
+others). Further correspondence folders, each with its image root, can feed the
+correspondence loss alone: their labels are never read (``extra_correspondences``).
+Labelled images are every image of the reference condition and
 ``labels_per_condition`` images of each other condition, spread evenly along it
 (``select_images``), the "few coarsely annotated images" of the seed that keep the
 network from the trivial solution; the other labels are never read, except those of
@@ -419,12 +421,17 @@ def validate(model: SegmentationModel, items: Sequence[LabelledImage], images: R
 
 def train_segmentation(datasets: Sequence[str | Path], output: str | Path, config: SegConfig = SegConfig(),
                        resume: bool = False, progress: Progress | None = None,
-                       device: str | torch.device = AUTO) -> Path:
+                       device: str | torch.device = AUTO,
+                       extra_correspondences: Sequence[tuple[str | Path, str | Path]] = ()) -> Path:
     """Run (or resume) segmentation training; returns the checkpoint path (module docstring).
 
     Args:
-        datasets: folders with images/, labels/ and correspondences/ (SynthSeasons streets).
+        datasets: folders with images/, labels/ and, where they have one, correspondences/
+            (SynthSeasons streets).
         output: the checkpoint; weights go next to it as ``.safetensors``.
+        extra_correspondences: further (correspondence folder, image root) sources whose
+            labels are never read: pairs are cheap where annotation is not, so the
+            correspondence loss can draw on more traversals than the labels cover.
         device: where the model trains (``locseg.device``); images are cached on the
             CPU and the sampling draws from the run's CPU generator, so a run takes the
             same steps on any device.
@@ -436,7 +443,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         raise InputError("train-seg needs at least one dataset folder")
     training_images, validation_images = select_images(datasets, config)
     images = ResizedImages(config.max_side)
-    pairs = _pairs(datasets, images) if config.correspondence_weight > 0 else None
+    pairs = _pairs(datasets, extra_correspondences, images) if config.correspondence_weight > 0 else None
     weight = labelled_class_weights(training_images, images, config.class_balance) if config.class_balance else None
     model = build_model(config).to(device)
     weight = None if weight is None else weight.to(device)
@@ -484,12 +491,20 @@ def labelled_class_weights(items: Sequence[LabelledImage], images: ResizedImages
     return class_weights(counts[:NUM_CLASSES], power)
 
 
-def _pairs(datasets: Sequence[Path], images: ResizedImages) -> CachedPairs:
-    folders = [d / "correspondences" for d in datasets]
-    missing = [str(f) for f in folders if not f.is_dir()]
+def _pairs(datasets: Sequence[Path], extra: Sequence[tuple[str | Path, str | Path]],
+           images: ResizedImages) -> CachedPairs:
+    """The pairs of every dataset that has a ``correspondences/`` folder, and of the extra
+    (folder, image root) sources, which must exist."""
+    sources = [(d / "correspondences", d / "images") for d in datasets if (d / "correspondences").is_dir()]
+    extra = [(Path(folder), Path(root)) for folder, root in extra]
+    missing = [str(path) for source in extra for path in source if not path.is_dir()]
     if missing:
-        raise InputError(f"no correspondences/ folder in {', '.join(missing)} (or set the correspondence weight to 0)")
-    return CachedPairs(folders, [d / "images" for d in datasets], images)
+        raise InputError(f"no such folder: {', '.join(missing)}")
+    sources += extra
+    if not sources:
+        raise InputError(f"no correspondences: no correspondences/ folder in {', '.join(map(str, datasets))} and no "
+                         "further correspondence folders (or set the correspondence weight to 0)")
+    return CachedPairs([folder for folder, _ in sources], [root for _, root in sources], images)
 
 
 def _validate_and_keep_best(run: Run, items: Sequence[LabelledImage], images: ResizedImages,
