@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from click.testing import CliRunner
+from locseg_cli.train import finetune
 
 from locseg.errors import InputError
 from locseg.models.weights import read_safetensors_metadata
@@ -123,3 +125,15 @@ def test_a_continued_run_mines_where_the_earlier_runs_stopped(monkeypatch):
     assert pools == [mining_pool_size(40007), mining_pool_size(7)] and pools[0] < pools[1]
     with pytest.raises(InputError, match="mining_offset"):
         dataclasses.replace(FAST, mining_offset=-1)
+
+
+def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
+    output = tmp_path / "cli.pt"
+    result = CliRunner().invoke(finetune, [
+        "--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
+        "--output", str(output), "--iterations", "1", "--max-side", "128", "--validate-every", "0",
+        "--hypercolumn-norm", "joint", "--combined-weight", "0.5"])
+    assert result.exit_code == 0, result.output
+    config = load_checkpoint(output).config
+    assert config["hypercolumn_norm"] == "joint" and config["loss"]["combined_weight"] == 0.5
+    assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
