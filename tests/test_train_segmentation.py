@@ -181,10 +181,11 @@ def test_class_balance_weighs_the_rare_classes_of_the_labelled_images(small_stre
         dataclasses.replace(TINY, class_balance=0, balance_correspondences=True)
 
 
-def test_the_bundled_segmentation_model_loads_by_name_and_segments():
+@pytest.mark.parametrize("name", ["synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v2"])
+def test_the_bundled_segmentation_models_load_by_name_and_segment(name):
     from locseg.models.segmentation import load_segmentation_model
 
-    model = load_segmentation_model("synthseasons-slim-pspnet-v1")   # checks the sha256
+    model = load_segmentation_model(name)   # checks the sha256
     assert (model.stride, model.config.head_layer) == (8, 23)
     with torch.no_grad():
         assert model.predict(torch.zeros(1, 3, 64, 96)).shape == (1, 19, 64, 96)

@@ -564,3 +564,10 @@ register_bundled(
     "segmentation: PSP head on relu4_3 (stride 8) of synthseasons-slim-dmcgn-v3, fine-tuned with "
     "class-balanced cross-entropy on SynthSeasons train streets 0-2 at 512 px, 3000 steps (benchmarks/RESULTS.md)",
     model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-pspnet-v2", "synthseasons-slim-pspnet-v2.safetensors",
+    "0401f8c4f7c508a23f9bdd57aad3a92303fa75694ed9b60afa6374b4a7e81229",
+    "segmentation: synthseasons-slim-pspnet-v1 continued for 1000 steps with CE on cross-condition "
+    "correspondences (lambda 0.25) from SynthSeasons train streets 0-4 and 6-13, labels from streets 0-2 "
+    "(benchmarks/RESULTS.md)",
+    model="vgg16-slim")
