@@ -15,6 +15,7 @@ from locseg.train.segmentation import (
     BACKBONE_MODES,
     DEFAULT_BACKBONE_WEIGHTS,
     SegConfig,
+    correspondence_sources,
     train_segmentation,
 )
 
@@ -28,12 +29,14 @@ _DEFAULTS = SegConfig()
 
 @click.command("train-seg")
 @click.option("--dataset", "datasets", type=_DIR, required=True, multiple=True,
-              help="A SynthSeasons street (or any folder with images/, labels/, correspondences/); repeat for several.")
+              help="A SynthSeasons street, or any folder with images/ and labels/, and correspondences/ unless it "
+                   "gives labels only; repeat for several.")
 @click.option("--correspondences", type=_DIR, multiple=True,
               help="A further folder of Cross-Season Correspondence files, used by the correspondence loss only "
                    "(its labels are never read); repeat for several.")
 @click.option("--images", type=_DIR, multiple=True,
-              help="Root that the image paths in those files are relative to; one per --correspondences.")
+              help="Root that the image paths in those files are relative to; one per --correspondences, "
+                   "paired in the order given.")
 @run_options(_DEFAULTS, lr_default=_DEFAULTS.lr, lr_help="SGD learning rate of the heads (poly decay).")
 @click.option("--backbone-mode", type=click.Choice(BACKBONE_MODES), default=_DEFAULTS.backbone_mode,
               show_default=True,
@@ -91,10 +94,16 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
                        margin=margin, min_confidence=min_confidence, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)
+    extra = list(zip(correspondences, images))
+    if correspondence_weight > 0:
+        sourced = {folder.parent for folder, _ in correspondence_sources(datasets, extra)}
+        for dataset in datasets:
+            if dataset not in sourced:
+                click.echo(f"{dataset}: labels only (no correspondences/ folder)", err=True)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
                            progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)),
-                           device=device, extra_correspondences=list(zip(correspondences, images)))
+                           device=device, extra_correspondences=extra)
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 

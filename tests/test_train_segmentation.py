@@ -71,22 +71,43 @@ def test_loss_falls_and_resume_is_exact(small_street, tmp_path):
 
 def test_correspondences_can_come_from_folders_whose_labels_are_never_read(small_street, tmp_path):
     labelled_only = tmp_path / "labelled"          # images and labels, no correspondences/
-    labelled_only.mkdir()
-    for folder in ("images", "labels"):
-        (labelled_only / folder).symlink_to(small_street / folder)
-    config = dataclasses.replace(TINY, iterations=5)
+    pairs_only = tmp_path / "pairs"                # correspondences and images, no labels/
+    for root, folders in ((labelled_only, ("images", "labels")), (pairs_only, ("images", "correspondences"))):
+        root.mkdir()
+        for folder in folders:
+            (root / folder).symlink_to(small_street / folder)
+    config = dataclasses.replace(TINY, iterations=5, checkpoint_every=4)
     with pytest.raises(InputError, match="no correspondences: no correspondences/ folder in .*labelled"):
         train_segmentation([labelled_only], tmp_path / "none.pt", config)
-    extra = [(small_street / "correspondences", small_street / "images")]
+    extra = [(pairs_only / "correspondences", pairs_only / "images")]
     history = load_checkpoint(train_segmentation([labelled_only], tmp_path / "extra.pt", config,
                                                  extra_correspondences=extra)).metrics["history"]
     assert history[4]["points"] > 0
-    with pytest.raises(InputError, match="no such folder: .*nowhere"):
-        train_segmentation([labelled_only], tmp_path / "typo.pt", config,
-                           extra_correspondences=[(tmp_path / "nowhere", small_street / "images")])
-    out = CliRunner().invoke(train_seg, ["--dataset", str(labelled_only), "--output", str(tmp_path / "cli.pt"),
-                                         "--correspondences", str(small_street / "correspondences")])
+
+    def refused(match, datasets, extra, **kwargs):
+        with pytest.raises(InputError, match=match):
+            train_segmentation(datasets, tmp_path / "refused.pt", config, extra_correspondences=extra, **kwargs)
+    refused("no such folder: .*nowhere", [labelled_only], [(tmp_path / "nowhere", pairs_only / "images")])
+    refused("given twice", [small_street], [(small_street / "correspondences", small_street / "images")])
+    refused("image root .*pairs does not hold", [labelled_only], [(pairs_only / "correspondences", pairs_only)])
+
+    def kill_at_step_5(stage, done, total, parts):
+        if done == 5:
+            raise Killed
+    with pytest.raises(Killed):                    # the checkpoint of step 4 survives
+        train_segmentation([labelled_only], tmp_path / "killed.pt", config, extra_correspondences=extra,
+                           progress=kill_at_step_5)
+    with pytest.raises(InputError, match="trained on other data"):
+        train_segmentation([small_street], tmp_path / "killed.pt", config, resume=True)
+    resumed = train_segmentation([labelled_only], tmp_path / "killed.pt", config, resume=True,
+                                 extra_correspondences=extra)
+    assert load_checkpoint(resumed).metrics["history"] == history
+
+    base = ["--dataset", str(labelled_only), "--output", str(tmp_path / "cli.pt")]
+    out = CliRunner().invoke(train_seg, [*base, "--correspondences", str(pairs_only / "correspondences")])
     assert out.exit_code == 2 and "one --images root per --correspondences folder" in out.output
+    out = CliRunner().invoke(train_seg, [*base, "--lambda", "0.5", "--iterations", "1", "--max-side", "96"])
+    assert "labels only (no correspondences/ folder)" in out.output and isinstance(out.exception, InputError)
 
 
 def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):

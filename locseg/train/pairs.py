@@ -85,6 +85,11 @@ class CorrespondencePairs:
                 raise InputError(f"{folder} holds no correspondence files (*.mat)")
             if not Path(root).is_dir():
                 raise InputError(f"image root {root} is not a directory")
+            first = read_correspondences(files[0])
+            absent = [name for name in (first.image_i, first.image_j) if not (Path(root) / name).is_file()]
+            if absent:  # found now, not at the first step that draws a pair of this folder
+                raise InputError(f"image root {root} does not hold {absent[0]!r}, named in {files[0]}; "
+                                 "give the folder that the image names in those files are relative to")
             self.files += files
             self.roots += [Path(root)] * len(files)
         self.max_side = max_side

@@ -1,9 +1,9 @@
 """``locseg train-seg``: segmentation trained on a few labels and on cross-condition correspondences.
 
 Seed 000 (sections 3 and 5) on SynthSeasons-like datasets. A dataset is a folder
-with ``images/``, ``labels/`` (trainId PNGs of the same names) and
+with ``images/``, ``labels/`` (trainId PNGs of the same names) and, optionally,
 ``correspondences/`` (Cross-Season files from the reference condition to the
-others). Further correspondence folders, each with its image root, can feed the
+others; a dataset without it gives labels only). Further correspondence folders, each with its image root, can feed the
 correspondence loss alone: their labels are never read (``extra_correspondences``).
 Labelled images are every image of the reference condition and
 ``labels_per_condition`` images of each other condition, spread evenly along it
@@ -432,6 +432,8 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         extra_correspondences: further (correspondence folder, image root) sources whose
             labels are never read: pairs are cheap where annotation is not, so the
             correspondence loss can draw on more traversals than the labels cover.
+            A resumed run must be given the same datasets and sources (and the
+            folders must hold the same number of pairs); the checkpoint records them.
         device: where the model trains (``locseg.device``); images are cached on the
             CPU and the sampling draws from the run's CPU generator, so a run takes the
             same steps on any device.
@@ -449,6 +451,11 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
     run = Run.start(output, config, model, optimizer, resume)
+    sources = _source_record(datasets, pairs)
+    if resume and run.metrics.setdefault("sources", sources) != sources:
+        raise InputError(f"{output} was trained on other data: {run.metrics['sources']}; resume it with the same "
+                         f"--dataset and --correspondences folders (now: {sources})")
+    run.metrics["sources"] = sources
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
@@ -491,20 +498,42 @@ def labelled_class_weights(items: Sequence[LabelledImage], images: ResizedImages
     return class_weights(counts[:NUM_CLASSES], power)
 
 
-def _pairs(datasets: Sequence[Path], extra: Sequence[tuple[str | Path, str | Path]],
-           images: ResizedImages) -> CachedPairs:
-    """The pairs of every dataset that has a ``correspondences/`` folder, and of the extra
-    (folder, image root) sources, which must exist."""
-    sources = [(d / "correspondences", d / "images") for d in datasets if (d / "correspondences").is_dir()]
+def correspondence_sources(datasets: Sequence[str | Path], extra: Sequence[tuple[str | Path, str | Path]] = ()
+                           ) -> list[tuple[Path, Path]]:
+    """(correspondence folder, image root) of every source of pairs: the ``correspondences/``
+    and ``images/`` of each dataset that has the former, then the ``extra`` ones, which must
+    exist. A folder given twice is refused (its pairs would be drawn twice as often)."""
+    sources = [(Path(d) / "correspondences", Path(d) / "images") for d in datasets
+               if (Path(d) / "correspondences").is_dir()]
     extra = [(Path(folder), Path(root)) for folder, root in extra]
     missing = [str(path) for source in extra for path in source if not path.is_dir()]
     if missing:
         raise InputError(f"no such folder: {', '.join(missing)}")
     sources += extra
+    folders = [folder.resolve() for folder, _ in sources]
+    twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if twice:
+        raise InputError(f"correspondence folder given twice: {', '.join(twice)} (a --dataset's own "
+                         "correspondences/ is read already)")
+    return sources
+
+
+def _pairs(datasets: Sequence[Path], extra: Sequence[tuple[str | Path, str | Path]],
+           images: ResizedImages) -> CachedPairs:
+    sources = correspondence_sources(datasets, extra)
     if not sources:
         raise InputError(f"no correspondences: no correspondences/ folder in {', '.join(map(str, datasets))} and no "
-                         "further correspondence folders (or set the correspondence weight to 0)")
+                         "further correspondence folders (or set the correspondence weight, --lambda, to 0)")
     return CachedPairs([folder for folder, _ in sources], [root for _, root in sources], images)
+
+
+def _source_record(datasets: Sequence[Path], pairs: CachedPairs | None) -> dict:
+    """What a run trains on, kept in its checkpoint so that a resumed run can be checked."""
+    record: dict = {"datasets": [str(d.resolve()) for d in datasets]}
+    if pairs is not None:
+        record["pairs"] = len(pairs)
+        record["correspondences"] = sorted({str(f.parent.resolve()) for f in pairs.files})
+    return record
 
 
 def _validate_and_keep_best(run: Run, items: Sequence[LabelledImage], images: ResizedImages,
