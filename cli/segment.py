@@ -15,7 +15,7 @@ from locseg.train.segmentation import (
     BACKBONE_MODES,
     DEFAULT_BACKBONE_WEIGHTS,
     SegConfig,
-    correspondence_sources,
+    has_correspondences,
     train_segmentation,
 )
 
@@ -94,16 +94,14 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
                        margin=margin, min_confidence=min_confidence, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)
-    extra = list(zip(correspondences, images))
     if correspondence_weight > 0:
-        sourced = {folder.parent for folder, _ in correspondence_sources(datasets, extra)}
         for dataset in datasets:
-            if dataset not in sourced:
+            if not has_correspondences(dataset):
                 click.echo(f"{dataset}: labels only (no correspondences/ folder)", err=True)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
                            progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)),
-                           device=device, extra_correspondences=extra)
+                           device=device, extra_correspondences=list(zip(correspondences, images)))
     click.echo(f"{output} (weights: {output.with_suffix('.safetensors')})")
 
 

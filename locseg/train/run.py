@@ -41,17 +41,23 @@ class Run:
 
     @staticmethod
     def start(output: str | Path, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-              resume: bool) -> "Run":
+              resume: bool, sources: dict | None = None) -> "Run":
         """A new run seeded by ``config.seed``, or with ``resume`` the run saved at ``output``
         (same config only; an option newer than the checkpoint may stay at its default, as
         the config class's defaults tell).
 
-        A new run refuses to overwrite an existing ``output``.
+        ``sources`` describes the data the run trains on (JSON-like); it is kept in the
+        checkpoint's metrics, and a resumed run must give the same (a checkpoint that
+        recorded none accepts any). A new run refuses to overwrite an existing ``output``.
         """
         record = config.to_dict()
         run = Run(Path(output), record, model, optimizer, torch.Generator().manual_seed(config.seed))
         if resume:
             checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict())
+            saved = checkpoint.metrics.get("sources", sources)
+            if saved != sources:
+                raise InputError(f"{run.output} was trained on other data: {saved}; resume it on the same data "
+                                 f"(now: {sources})")
             model.load_state_dict(checkpoint.model_state)
             optimizer.load_state_dict(checkpoint.optimizer_state)
             restore_rng_state(checkpoint.rng_state)
@@ -59,6 +65,8 @@ class Run:
             run.step, run.metrics = checkpoint.step, dict(checkpoint.metrics)
         elif run.output.exists():
             raise InputError(f"{run.output} exists; pass resume to continue that run, or choose another output")
+        if sources is not None:
+            run.metrics["sources"] = sources
         return run
 
     def save(self) -> Path:

@@ -450,12 +450,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     model = build_model(config).to(device)
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
-    run = Run.start(output, config, model, optimizer, resume)
-    sources = _source_record(datasets, pairs)
-    if resume and run.metrics.setdefault("sources", sources) != sources:
-        raise InputError(f"{output} was trained on other data: {run.metrics['sources']}; resume it with the same "
-                         f"--dataset and --correspondences folders (now: {sources})")
-    run.metrics["sources"] = sources
+    run = Run.start(output, config, model, optimizer, resume, sources=_source_record(datasets, pairs))
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
@@ -498,13 +493,17 @@ def labelled_class_weights(items: Sequence[LabelledImage], images: ResizedImages
     return class_weights(counts[:NUM_CLASSES], power)
 
 
+def has_correspondences(dataset: str | Path) -> bool:
+    """Whether a dataset folder has pairs of its own (``correspondences/``); without, it gives labels only."""
+    return (Path(dataset) / "correspondences").is_dir()
+
+
 def correspondence_sources(datasets: Sequence[str | Path], extra: Sequence[tuple[str | Path, str | Path]] = ()
                            ) -> list[tuple[Path, Path]]:
     """(correspondence folder, image root) of every source of pairs: the ``correspondences/``
     and ``images/`` of each dataset that has the former, then the ``extra`` ones, which must
     exist. A folder given twice is refused (its pairs would be drawn twice as often)."""
-    sources = [(Path(d) / "correspondences", Path(d) / "images") for d in datasets
-               if (Path(d) / "correspondences").is_dir()]
+    sources = [(Path(d) / "correspondences", Path(d) / "images") for d in datasets if has_correspondences(d)]
     extra = [(Path(folder), Path(root)) for folder, root in extra]
     missing = [str(path) for source in extra for path in source if not path.is_dir()]
     if missing:
