@@ -1,4 +1,5 @@
-"""``locseg evaluate-features``: matching precision and retrieval recall on a street."""
+"""``locseg evaluate-features``: matching precision and retrieval recall on a street;
+``locseg widen-backbone``: a trained backbone widened into a larger architecture."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
 from locseg.models.load import load_hypercolumns
+from locseg.models.widen import DEFAULT_SPLIT_NOISE, widen_weights
 from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import load_retrieval_model
 
@@ -66,4 +68,20 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
         console.print(table)
 
 
-COMMANDS = [evaluate_features]
+@click.command("widen-backbone")
+@click.argument("weights")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-half", show_default=True,
+              help="The wider architecture; its widths must be one integer multiple of the weights'.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The .safetensors file to write.")
+@click.option("--split-noise", type=click.FloatRange(min=0), default=DEFAULT_SPLIT_NOISE, show_default=True,
+              help="Std (relative to each layer's) of the zero-sum perturbations that set replicated channels apart.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def widen_backbone_command(weights: str, backbone: str, output: Path, split_noise: float, seed: int) -> None:
+    """Widen trained backbone WEIGHTS (name, file or URL) into --backbone without changing its
+    matches, to warm-start a wider model (finetune-features --backbone B --init OUTPUT)."""
+    path = widen_weights(weights, backbone, output, split_noise, seed)
+    click.echo(f"wrote {path} ({backbone})")
+
+
+COMMANDS = [evaluate_features, widen_backbone_command]

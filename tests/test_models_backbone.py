@@ -231,7 +231,8 @@ def test_unreadable_file_is_a_format_error(tmp_path):
 
 # ----------------------------------------------------------------------------- registry, checks
 def test_registry():
-    assert sorted(BACKBONES) == ["vgg16", "vgg16-slim"]
+    assert sorted(BACKBONES) == ["vgg16", "vgg16-half", "vgg16-slim"]
+    assert build_backbone("vgg16-half").widths == (32, 64, 128, 256, 256)
     assert build_backbone("vgg16").widths == (64, 128, 256, 512, 512)
     assert build_backbone("vgg16-slim").widths == (16, 32, 64, 128, 128)
     assert build_backbone("vgg16-slim", width_factor=0.5).widths == (32, 64, 128, 256, 256)
@@ -239,7 +240,7 @@ def test_registry():
 
 
 def test_unknown_backbone_lists_the_valid_names():
-    with pytest.raises(RegistryError, match="unknown backbone 'resnet50'; valid names: vgg16, vgg16-slim"):
+    with pytest.raises(RegistryError, match="unknown backbone 'resnet50'; valid names: vgg16, vgg16-half, vgg16-slim"):
         build_backbone("resnet50")
 
 

@@ -137,3 +137,16 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
     config = load_checkpoint(output).config
     assert config["hypercolumn_norm"] == "joint" and config["loss"]["combined_weight"] == 0.5
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
+
+
+def test_resume_on_other_correspondences_is_refused(small_street, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial.pt"
+    _run(small_street, partial, dataclasses.replace(FAST, iterations=1))
+    assert load_checkpoint(partial).metrics["sources"]["pairs"] > 0
+    other = shutil.copytree(small_street / "correspondences", tmp_path / "other")
+    with pytest.raises(InputError, match="trained on other data"):
+        finetune_features(other, small_street / "images", partial, dataclasses.replace(FAST, iterations=1),
+                          resume=True)
+    assert load_checkpoint(_run(small_street, partial, dataclasses.replace(FAST, iterations=1), resume=True)).step == 1

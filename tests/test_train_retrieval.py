@@ -54,6 +54,8 @@ def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
     checkpoint = torch.load(partial, weights_only=True)
     checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
     torch.save(checkpoint, partial)
+    with pytest.raises(InputError, match="trained on other data"):  # the checkpoint records its streets
+        train_retrieval([small_street, small_street], partial, FAST, resume=True)
     resumed = load_checkpoint(train_retrieval([small_street], partial, FAST, resume=True))
     assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
     for name, value in straight.model_state.items():  # the last step's update too

@@ -235,7 +235,14 @@ def vgg16_slim(width_factor: float = SLIM_WIDTH_FACTOR) -> VGG16:
     return VGG16(slim_widths(width_factor), name="vgg16-slim")
 
 
-BACKBONES: dict[str, Callable[..., VGG16]] = {"vgg16": vgg16, "vgg16-slim": vgg16_slim}
+def vgg16_half() -> VGG16:
+    """VGG-16's topology with half its channels (32-64-128-256-256): four times the
+    slim variant's compute, and exactly twice its widths, so that a trained slim
+    backbone widens into it without changing its matches (``locseg.models.widen``)."""
+    return VGG16(slim_widths(0.5), name="vgg16-half")
+
+
+BACKBONES: dict[str, Callable[..., VGG16]] = {"vgg16": vgg16, "vgg16-half": vgg16_half, "vgg16-slim": vgg16_slim}
 
 
 def build_backbone(name: str, **kwargs) -> VGG16:

@@ -15,7 +15,8 @@ A run writes ``output`` (a training checkpoint, atomically, every
 ``checkpoint_every`` steps and at the end) and ``output`` with the suffix
 ``.safetensors`` (the backbone weights alone, for the weight registry). With
 ``resume`` it continues from ``output`` exactly where it stopped: same weights,
-optimizer state, step and random state, refusing a different config. A few pairs
+optimizer state, step and random state, refusing a different config or other
+correspondence folders (the checkpoint records them and their pair count). A few pairs
 are held out of training and the matching precision on them is logged; they come
 from the same streets (and may share images with training pairs), so this tracks
 progress, and a test street the model never saw judges it (locseg evaluate-features).
@@ -167,7 +168,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run = Run.start(output, config, model, optimizer, resume)
+    run = Run.start(output, config, model, optimizer, resume, sources={"folders": pairs.sources, "pairs": len(pairs)})
 
     def validate() -> dict[str, float]:
         held_out = _Subset(pairs, validation_ids)

@@ -79,6 +79,9 @@ class CorrespondencePairs:
             raise InputError(f"got {len(directories)} correspondence folders but {len(roots)} image roots")
         self.files: list[Path] = []
         self.roots: list[Path] = []
+        self.sources: list[list[str]] = [[str(Path(f).resolve()), str(Path(r).resolve())]
+                                         for f, r in zip(directories, roots)]
+        """[correspondence folder, image root] pairs, absolute, in the order given."""
         for folder, root in zip(directories, roots):
             files = list(iter_correspondence_files(folder))
             if not files:

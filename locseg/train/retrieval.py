@@ -321,6 +321,8 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
                     device: str | torch.device = AUTO) -> Path:
     """Train (or resume training) NetVLAD on ``streets``; returns the checkpoint path.
 
+    The checkpoint records the streets; a resumed run must be given the same ones.
+
     ``device``: where the model trains (``locseg.device``); the feature cache and the
     sampling stay on the CPU."""
     output = Path(output)
@@ -352,7 +354,8 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    run = Run.start(output, config, model, optimizer, resume)
+    run = Run.start(output, config, model, optimizer, resume,
+                    sources={"streets": [str(Path(s).resolve()) for s in streets], "images": len(places.paths)})
 
     def pick(candidates: np.ndarray, count: int) -> np.ndarray:
         order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()

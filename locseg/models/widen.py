@@ -1,0 +1,127 @@
+"""Function-preserving widening of a VGG-16 backbone (Net2WiderNet, Chen et al. 2016).
+
+A wider backbone warm-started from a trained narrow one keeps what the narrow one
+learned and adds capacity. Widening by an integer ``factor`` gives every channel of
+every convolution ``factor`` adjacent replicas: output channel ``k`` of the wide
+layer is input channel ``k // factor`` of the narrow one, with the same weights and
+bias. A convolution that reads replicated channels splits each narrow input weight
+``w`` over its replicas as ``w / factor + d_r``, where the perturbations ``d_r`` of
+one group sum to zero; the sum over the group is ``w`` again, so the wide layer's
+output equals the narrow one's exactly, whatever the perturbations. They exist to
+break the symmetry between replicas, which would otherwise receive identical
+gradients forever.
+
+ReLU and max-pooling act channel by channel, so they commute with replication.
+Every activation of the wide backbone is therefore the narrow activation with each
+channel repeated ``factor`` times: a hypercolumn level's norm grows by
+``sqrt(factor)`` and, after L2 normalisation (per level or joint), every cosine
+between hypercolumns -- hence every match -- is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .backbone import VGG16, build_backbone, state_dict_problems
+from .load import backbone_state, weights_digest
+from .weights import load_state_dict, save_safetensors
+
+DEFAULT_SPLIT_NOISE = 0.01
+"""Standard deviation of the split perturbations, relative to each layer's weight std."""
+
+
+def widen_backbone(model: VGG16, factor: int, name: str, split_noise: float = DEFAULT_SPLIT_NOISE,
+                   seed: int = 0) -> VGG16:
+    """A ``VGG16`` with ``factor`` times the channels of ``model``, computing the same
+    function up to channel replication (see the module docstring).
+
+    Args:
+        model: the narrow backbone (left untouched).
+        factor: integer >= 1; the new block widths are ``factor * model.widths``.
+        name: the registry name of the wide architecture (e.g. ``"vgg16-half"``).
+        split_noise: std of the zero-sum split perturbations, relative to the std
+            of the narrow layer's weights; 0 gives exact replicas.
+        seed: seeds the perturbations (the caller's random state is not touched).
+    Returns:
+        the wide backbone, on ``model``'s device and dtype.
+    Raises:
+        InputError: a factor that is not an integer >= 1, or negative noise.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise InputError(f"widening factor must be an integer >= 1, got {factor!r}")
+    if not split_noise >= 0:
+        raise InputError(f"split_noise must be >= 0, got {split_noise!r}")
+    reference = next(model.parameters())
+    wide = VGG16(tuple(factor * w for w in model.widths), name=name).to(reference)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    narrow_convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    wide_convs = [m for m in wide.features if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for position, (narrow, conv) in enumerate(zip(narrow_convs, wide_convs)):
+            weight = narrow.weight.repeat_interleave(factor, dim=0)  # (factor C_out, C_in, 3, 3)
+            if position > 0:  # the input channels were replicated by the previous layer
+                weight = _split_inputs(weight, factor, split_noise, generator)
+            conv.weight.copy_(weight)
+            conv.bias.copy_(narrow.bias.repeat_interleave(factor))
+    return wide
+
+
+def _split_inputs(weight: torch.Tensor, factor: int, split_noise: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(C_out, C_in, k, k) -> (C_out, factor C_in, k, k): each input weight spread over
+    ``factor`` replicas that sum to it."""
+    c_out, c_in, kh, kw = weight.shape
+    split = (weight / factor).unsqueeze(2).expand(c_out, c_in, factor, kh, kw)
+    if split_noise > 0 and factor > 1:
+        noise = torch.randn((c_out, c_in, factor, kh, kw), generator=generator, dtype=torch.float64)
+        noise = (noise - noise.mean(dim=2, keepdim=True)) * split_noise * float(weight.std())
+        split = split + noise.to(weight)
+    return split.reshape(c_out, c_in * factor, kh, kw)
+
+
+def narrow_backbone(weights: str) -> VGG16:
+    """The backbone held by a weight source, whatever its widths (read off its tensors)."""
+    state = backbone_state(load_state_dict(weights), weights)
+    convs = [int(k.split(".")[1]) for k in state if k.endswith(".weight")]
+    widths = tuple(int(state[f"features.{i}.weight"].shape[0]) for i in sorted(convs))
+    blocks = (widths[1], widths[3], widths[6], widths[9], widths[12]) if len(widths) == 13 else None
+    if blocks is None:
+        raise InputError(f"weights {weights!r} hold {len(widths)} convolutions, expected VGG-16's 13")
+    model = VGG16(blocks, name="narrow")
+    problems = state_dict_problems(model, state)
+    if problems:
+        raise InputError(f"weights {weights!r} are not a VGG-16 backbone: " + "; ".join(problems[:5]))
+    model.load_state_dict(state)
+    return model
+
+
+def widen_weights(weights: str, backbone: str, output: str | Path, split_noise: float = DEFAULT_SPLIT_NOISE,
+                  seed: int = 0) -> Path:
+    """Widen the backbone of ``weights`` into the registered ``backbone`` and save it.
+
+    Args:
+        weights: a weight source (bundled name, file or URL) holding a VGG-16 backbone.
+        backbone: a ``BACKBONES`` name whose block widths are one integer multiple
+            of the source's (``vgg16-half`` from ``vgg16-slim``: 2).
+        output: the ``.safetensors`` file to write (atomically); its metadata names
+            the architecture and the source's digest.
+    Returns:
+        ``output`` as a Path.
+    Raises:
+        InputError: the widths are not one integer multiple of the source's.
+    """
+    narrow = narrow_backbone(weights)
+    target = build_backbone(backbone).widths
+    factor = target[0] // narrow.widths[0]
+    if factor < 1 or any(factor * n != t for n, t in zip(narrow.widths, target)):
+        raise InputError(f"{backbone} (block widths {target}) is not an integer multiple of the widths "
+                         f"{narrow.widths} of {weights!r}; widening needs one factor for every block")
+    wide = widen_backbone(narrow, factor, backbone, split_noise, seed)
+    recipe = {"widened_from": weights, "widened_from_digest": weights_digest(weights), "factor": factor,
+              "split_noise": split_noise, "seed": seed}
+    return save_safetensors(wide.state_dict(), output, metadata={"backbone": backbone, "recipe": json.dumps(recipe)})

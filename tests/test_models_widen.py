@@ -1,0 +1,102 @@
+"""Tests of locseg.models.widen: a widened backbone computes the narrow one's
+activations with every channel repeated, so hypercolumn cosines are unchanged,
+and its replicas are not identical (training can tell them apart)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from locseg.errors import InputError
+from locseg.models import Hypercolumns, build_backbone
+from locseg.models.widen import widen_backbone
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def slim() -> nn.Module:
+    torch.manual_seed(0)
+    return build_backbone("vgg16-slim").double()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 70, 53, generator=torch.Generator().manual_seed(1), dtype=F64)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_every_activation_is_the_narrow_one_with_channels_repeated(slim, images, noise):
+    wide = widen_backbone(slim, 2, "vgg16-half", split_noise=noise)
+    indices = list(range(1, 32))
+    for index, narrow, widened in zip(indices, slim.activations(images, indices), wide.activations(images, indices)):
+        expected = narrow.repeat_interleave(2, dim=1)
+        torch.testing.assert_close(widened, expected, rtol=1e-9, atol=1e-9, msg=f"entering {index}")
+
+
+def test_widened_slim_is_the_half_architecture_and_loads_by_its_name(slim):
+    wide = widen_backbone(slim, 2, "vgg16-half")
+    assert wide.widths == build_backbone("vgg16-half").widths == (32, 64, 128, 256, 256)
+    build_backbone("vgg16-half").load_state_dict(wide.state_dict())  # same keys and shapes
+
+
+@pytest.mark.parametrize("normalization", ["levels", "joint"])
+def test_hypercolumn_cosines_are_unchanged(slim, images, normalization):
+    narrow = Hypercolumns(slim, normalization=normalization).dense(images)  # (B, C, h, w)
+    wide = Hypercolumns(widen_backbone(slim, 2, "vgg16-half", split_noise=0.05),
+                        normalization=normalization).dense(images)
+    assert wide.shape[1] == 2 * narrow.shape[1]
+    a, b = (m.permute(0, 2, 3, 1).flatten(0, 2) for m in (narrow, wide))  # (B h w, C)
+    torch.testing.assert_close(b @ b[:50].T, a @ a[:50].T, rtol=1e-9, atol=1e-9)
+
+
+def test_split_noise_breaks_the_symmetry_between_replicas(slim):
+    conv = [m for m in widen_backbone(slim, 2, "vgg16-half", split_noise=0.05).features
+            if isinstance(m, nn.Conv2d)][1]
+    replica_a, replica_b = conv.weight[:, 0::2], conv.weight[:, 1::2]
+    assert not torch.allclose(replica_a, replica_b)
+    narrow = [m for m in slim.features if isinstance(m, nn.Conv2d)][1].weight
+    torch.testing.assert_close(replica_a + replica_b, narrow.repeat_interleave(2, dim=0))
+    exact = [m for m in widen_backbone(slim, 2, "vgg16-half", split_noise=0.0).features
+             if isinstance(m, nn.Conv2d)][1]
+    torch.testing.assert_close(exact.weight[:, 0::2], exact.weight[:, 1::2])
+
+
+def test_seeded_and_leaves_the_narrow_model_alone(slim):
+    before = {k: v.clone() for k, v in slim.state_dict().items()}
+    first = widen_backbone(slim, 2, "vgg16-half", seed=3).state_dict()
+    second = widen_backbone(slim, 2, "vgg16-half", seed=3).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(before[k], v) for k, v in slim.state_dict().items())
+
+
+@pytest.mark.parametrize("factor", [0, 1.5, True])
+def test_bad_factor_is_refused(slim, factor):
+    with pytest.raises(InputError, match="integer >= 1"):
+        widen_backbone(slim, factor, "x")
+
+
+# ----------------------------------------------------------------------------- weights files and the CLI
+def test_widen_backbone_command_writes_weights_that_match_like_the_source(slim, images, tmp_path):
+    from click.testing import CliRunner
+    from locseg_cli.main import cli
+    from safetensors.torch import save_file
+
+    from locseg.models.load import load_hypercolumns
+    from locseg.models.weights import read_safetensors_metadata
+
+    source = tmp_path / "slim.safetensors"
+    save_file({k: v.float() for k, v in slim.state_dict().items()}, str(source))
+    out = CliRunner().invoke(cli, ["widen-backbone", str(source), "--output", str(tmp_path / "half.safetensors")])
+    assert out.exit_code == 0, out.output
+    assert read_safetensors_metadata(tmp_path / "half.safetensors")["backbone"] == "vgg16-half"
+    narrow = load_hypercolumns("vgg16-slim", str(source)).dense(images.float())
+    wide = load_hypercolumns("vgg16-half", str(tmp_path / "half.safetensors")).dense(images.float())
+    a, b = (m.permute(0, 2, 3, 1).flatten(0, 2) for m in (narrow, wide))
+    torch.testing.assert_close(b @ b[:50].T, a @ a[:50].T, rtol=1e-4, atol=1e-5)
+
+    out = CliRunner().invoke(cli, ["widen-backbone", str(tmp_path / "half.safetensors"), "--backbone", "vgg16-slim",
+                                   "--output", str(tmp_path / "bad.safetensors")])
+    assert out.exit_code != 0 and "not an integer multiple" in out.stderr and out.stderr.count("\n") == 1
+    assert not (tmp_path / "bad.safetensors").exists()
