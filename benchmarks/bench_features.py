@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--weights", action="append", required=True)
     parser.add_argument("--retrieval-weights", action="append", default=[])
+    parser.add_argument("--backbone", default="vgg16-slim", help="architecture of every --weights")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--retrieval-max-side", type=int, default=256)
     parser.add_argument("--points", type=int, default=1000)
@@ -39,7 +40,7 @@ def main() -> None:
     header = None
     for weights in args.weights:
         for norm in args.hypercolumn_norm:
-            model = load_hypercolumns("vgg16-slim", None if weights == "random" else weights, normalization=norm)
+            model = load_hypercolumns(args.backbone, None if weights == "random" else weights, normalization=norm)
             precision = matching_precision(model, pairs, max_points=args.points).percent()
             if header is None:
                 header = list(precision)
