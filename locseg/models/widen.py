@@ -89,10 +89,9 @@ def narrow_backbone(weights: str) -> VGG16:
     state = backbone_state(load_state_dict(weights), weights)
     convs = [int(k.split(".")[1]) for k in state if k.endswith(".weight")]
     widths = tuple(int(state[f"features.{i}.weight"].shape[0]) for i in sorted(convs))
-    blocks = (widths[1], widths[3], widths[6], widths[9], widths[12]) if len(widths) == 13 else None
-    if blocks is None:
+    if len(widths) != 13:
         raise InputError(f"weights {weights!r} hold {len(widths)} convolutions, expected VGG-16's 13")
-    model = VGG16(blocks, name="narrow")
+    model = VGG16(tuple(widths[i] for i in (1, 3, 6, 9, 12)), name="narrow")  # each block's last convolution
     problems = state_dict_problems(model, state)
     if problems:
         raise InputError(f"weights {weights!r} are not a VGG-16 backbone: " + "; ".join(problems[:5]))
