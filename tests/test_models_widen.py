@@ -100,3 +100,43 @@ def test_widen_backbone_command_writes_weights_that_match_like_the_source(slim, 
                                    "--output", str(tmp_path / "bad.safetensors")])
     assert out.exit_code != 0 and "not an integer multiple" in out.stderr and out.stderr.count("\n") == 1
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_widening_by_four_gives_vgg16_and_seeds_pick_the_noise(slim, images):
+    state = torch.random.get_rng_state()
+    wide = widen_backbone(slim, 4, "vgg16", split_noise=0.05, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is untouched
+    assert wide.widths == build_backbone("vgg16").widths
+    torch.testing.assert_close(wide.activations(images, [30])[0], slim.activations(images, [30])[0]
+                               .repeat_interleave(4, dim=1), rtol=1e-9, atol=1e-9)
+    other = widen_backbone(slim, 4, "vgg16", split_noise=0.05, seed=2)
+    assert not torch.equal(wide.features[2].weight, other.features[2].weight)
+
+
+def test_weights_that_are_no_vgg16_are_refused(slim, tmp_path):
+    from safetensors.torch import save_file
+
+    from locseg.models.widen import narrow_backbone, widen_weights
+
+    state = {k: v.float() for k, v in slim.state_dict().items()}
+    save_file({k: v for k, v in state.items() if not k.startswith("features.28.")}, str(tmp_path / "short.safetensors"))
+    with pytest.raises(InputError, match="12 convolutions, expected VGG-16's 13"):
+        narrow_backbone(str(tmp_path / "short.safetensors"))
+    state["features.2.weight"] = state["features.2.weight"][:8]  # conv1_2 narrower than its block
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(InputError, match="not a VGG-16 backbone: key features"):
+        widen_weights(str(tmp_path / "odd.safetensors"), "vgg16-half", tmp_path / "out.safetensors")
+
+
+def test_widened_weights_record_their_recipe(slim, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from locseg.models.weights import read_safetensors_metadata
+    from locseg.models.widen import widen_weights
+
+    save_file({k: v.float() for k, v in slim.state_dict().items()}, str(tmp_path / "slim.safetensors"))
+    out = widen_weights(str(tmp_path / "slim.safetensors"), "vgg16", tmp_path / "wide.safetensors", seed=5)
+    recipe = json.loads(read_safetensors_metadata(out)["recipe"])
+    assert recipe["factor"] == 4 and recipe["seed"] == 5 and len(recipe["widened_from_digest"]) == 64

@@ -142,11 +142,37 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
 def test_resume_on_other_correspondences_is_refused(small_street, tmp_path):
     import shutil
 
+    one_step = dataclasses.replace(FAST, iterations=1)
     partial = tmp_path / "partial.pt"
-    _run(small_street, partial, dataclasses.replace(FAST, iterations=1))
-    assert load_checkpoint(partial).metrics["sources"]["pairs"] > 0
+    _run(small_street, partial, one_step)
+    sources = load_checkpoint(partial).metrics["sources"]
+    assert sources["folders"] == [[str((small_street / "correspondences").resolve()),
+                                   str((small_street / "images").resolve())]]
     other = shutil.copytree(small_street / "correspondences", tmp_path / "other")
-    with pytest.raises(InputError, match="trained on other data"):
-        finetune_features(other, small_street / "images", partial, dataclasses.replace(FAST, iterations=1),
-                          resume=True)
-    assert load_checkpoint(_run(small_street, partial, dataclasses.replace(FAST, iterations=1), resume=True)).step == 1
+    with pytest.raises(InputError, match=r"trained on other data \(sources.folders\[0\]\[0\]: .*other"):
+        finetune_features(other, small_street / "images", partial, one_step, resume=True)
+    assert load_checkpoint(_run(small_street, partial, one_step, resume=True)).step == 1
+
+
+def test_folders_in_another_order_are_other_data(small_street, tmp_path):
+    """The held-out pairs are every k-th of the concatenated folders: another order would leak them."""
+    import shutil
+
+    other = shutil.copytree(small_street / "correspondences", tmp_path / "other")
+    folders, roots = [small_street / "correspondences", other], [small_street / "images"] * 2
+    one_step = dataclasses.replace(FAST, iterations=1)
+    finetune_features(folders, roots, tmp_path / "run.pt", one_step)
+    with pytest.raises(InputError, match="same order"):
+        finetune_features(folders[::-1], roots, tmp_path / "run.pt", one_step, resume=True)
+
+
+def test_checkpoint_without_a_source_record_still_resumes(small_street, tmp_path):
+    """Checkpoints written before runs recorded their data resume on whatever data they are given."""
+    partial = tmp_path / "partial.pt"
+    _run(small_street, partial, dataclasses.replace(FAST, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    del checkpoint["metrics"]["sources"]
+    checkpoint["config"]["iterations"] = 3
+    torch.save(checkpoint, partial)
+    resumed = load_checkpoint(_run(small_street, partial, resume=True))
+    assert resumed.step == 3 and resumed.metrics["sources"]["pairs"] > 0

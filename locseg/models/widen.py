@@ -57,7 +57,8 @@ def widen_backbone(model: VGG16, factor: int, name: str, split_noise: float = DE
     if not split_noise >= 0:
         raise InputError(f"split_noise must be >= 0, got {split_noise!r}")
     reference = next(model.parameters())
-    wide = VGG16(tuple(factor * w for w in model.widths), name=name).to(reference)
+    with torch.random.fork_rng(devices=[]):  # its random initialisation is overwritten below
+        wide = VGG16(tuple(factor * w for w in model.widths), name=name).to(reference)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     narrow_convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     wide_convs = [m for m in wide.features if isinstance(m, nn.Conv2d)]
@@ -87,7 +88,7 @@ def _split_inputs(weight: torch.Tensor, factor: int, split_noise: float,
 def narrow_backbone(weights: str) -> VGG16:
     """The backbone held by a weight source, whatever its widths (read off its tensors)."""
     state = backbone_state(load_state_dict(weights), weights)
-    convs = [int(k.split(".")[1]) for k in state if k.endswith(".weight")]
+    convs = [int(k.split(".")[1]) for k in state if k.endswith(".weight") and k.split(".")[1].isdigit()]
     widths = tuple(int(state[f"features.{i}.weight"].shape[0]) for i in sorted(convs))
     if len(widths) != 13:
         raise InputError(f"weights {weights!r} hold {len(widths)} convolutions, expected VGG-16's 13")

@@ -335,12 +335,8 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         raise InputError("no image has both a positive in another traversal and a negative farther than "
                          f"{config.negative_radius} m; check positive_radius, positive_angle and negative_radius")
     model = build_model(config, places).to(device)
-    cache = None
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
-        cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,
-                                        progress=(lambda stage, done, total: progress(stage, done, total, {}))
-                                        if progress else None)
 
     @lru_cache(maxsize=1 + config.positive_candidates + config.negative_candidates)
     def network_input(i: int) -> torch.Tensor:     # a step ranks its images, then trains on some of them
@@ -356,6 +352,11 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume,
                     sources={"streets": [str(Path(s).resolve()) for s in streets], "images": len(places.paths)})
+    cache = None  # built after the resume checks, which it may take minutes to reach
+    if config.freeze_backbone:
+        cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,
+                                        progress=(lambda stage, done, total: progress(stage, done, total, {}))
+                                        if progress else None)
 
     def pick(candidates: np.ndarray, count: int) -> np.ndarray:
         order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()

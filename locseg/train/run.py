@@ -56,8 +56,8 @@ class Run:
             checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict())
             saved = checkpoint.metrics.get("sources", sources)
             if saved != sources:
-                raise InputError(f"{run.output} was trained on other data: {saved}; resume it on the same data "
-                                 f"(now: {sources})")
+                raise InputError(f"{run.output} was trained on other data ({_first_difference(saved, sources)}); "
+                                 "resume it on the same data, given in the same order")
             model.load_state_dict(checkpoint.model_state)
             optimizer.load_state_dict(checkpoint.optimizer_state)
             restore_rng_state(checkpoint.rng_state)
@@ -79,3 +79,16 @@ class Run:
     def record(self, values: dict) -> None:
         """Append the values of the step just taken to the history."""
         self.metrics["history"].append({"step": self.step, **values})
+
+
+def _first_difference(saved, current, name: str = "sources") -> str:
+    """Where two JSON-like records first differ, e.g. ``folders[1][0]: 'a' then, 'b' now``."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in list(saved) + [k for k in current if k not in saved]:
+            if saved.get(key) != current.get(key):
+                return _first_difference(saved.get(key), current.get(key), f"{name}.{key}")
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        for index, (a, b) in enumerate(zip(saved, current)):
+            if a != b:
+                return _first_difference(a, b, f"{name}[{index}]")
+    return f"{name}: {saved!r} then, {current!r} now"
