@@ -338,16 +338,6 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
 
-    @lru_cache(maxsize=1 + config.positive_candidates + config.negative_candidates)
-    def network_input(i: int) -> torch.Tensor:     # a step ranks its images, then trains on some of them
-        return load_input(places.paths[i], config.max_side).to(device)
-
-    def describe_images(indices: Sequence[int]) -> torch.Tensor:
-        """(B, K D) unwhitened descriptors of training images."""
-        if cache is not None:
-            return model.netvlad(cache.maps(indices).to(device))
-        return torch.cat([model(network_input(i)[None], whiten=False) for i in indices])
-
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume,
@@ -357,6 +347,16 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,
                                         progress=(lambda stage, done, total: progress(stage, done, total, {}))
                                         if progress else None)
+
+    @lru_cache(maxsize=1 + config.positive_candidates + config.negative_candidates)
+    def network_input(i: int) -> torch.Tensor:     # a step ranks its images, then trains on some of them
+        return load_input(places.paths[i], config.max_side).to(device)
+
+    def describe_images(indices: Sequence[int]) -> torch.Tensor:
+        """(B, K D) unwhitened descriptors of training images."""
+        if cache is not None:
+            return model.netvlad(cache.maps(indices).to(device))
+        return torch.cat([model(network_input(i)[None], whiten=False) for i in indices])
 
     def pick(candidates: np.ndarray, count: int) -> np.ndarray:
         order = torch.randperm(len(candidates), generator=run.generator)[:count].numpy()
