@@ -1,4 +1,5 @@
-"""``locseg synth``: generate a SynthSeasons street."""
+"""``locseg synth`` and ``locseg synth-traversal``: generate a SynthSeasons street, and add a
+further source traversal to one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from locseg.synth.conditions import SOURCE_CONDITIONS
 from locseg.synth.generate import SPLITS, generate
 from locseg.synth.trajectory import SIZES
+from locseg.synth.traversal import add_traversal
 
 from .progress import stage_progress
 
@@ -36,4 +39,21 @@ def synth(out_dir: Path, seed: int, split: str, size: str, workers: int | None, 
                f"{summary['correspondence_pairs']} correspondence pairs ({time.perf_counter() - start:.1f} s)")
 
 
-COMMANDS = [synth]
+@click.command("synth-traversal")
+@click.argument("street", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--condition", type=click.Choice(SOURCE_CONDITIONS), default=SOURCE_CONDITIONS[0], show_default=True,
+              help="The source condition: its light and how many cars are parked.")
+@click.option("--workers", type=int, default=None, help="Rendering processes [default: up to 2].")
+@click.option("--overwrite", is_flag=True, help="Render the traversal again if STREET already has it.")
+def synth_traversal(street: Path, condition: str, workers: int | None, overwrite: bool) -> None:
+    """Add a further traversal in the reference's light, with its own parked cars, to the
+    SynthSeasons street STREET, with correspondences from it to every query condition
+    in STREET/correspondences-CONDITION."""
+    start = time.perf_counter()
+    with stage_progress() as progress:
+        entry = add_traversal(street, condition, workers=workers, overwrite=overwrite, progress=progress)
+    click.echo(f"{street}: {entry['images']} {condition} images, {entry['correspondence_pairs']} correspondence "
+               f"pairs in {street / entry['correspondences']} ({time.perf_counter() - start:.1f} s)")
+
+
+COMMANDS = [synth, synth_traversal]

@@ -3,8 +3,11 @@
 A condition fixes the light (sun direction and colour, sky, street lamps and lit
 windows at night), the state of the world (wet roads, snow cover, foliage colour,
 leaves on the ground, falling rain or snow) and the sensor (exposure target and gain
-limit, white balance, noise, motion blur). The reference traversal is recorded on an
-overcast summer day; queries are recorded in the others.
+limit, white balance, noise, motion blur), and how many cars are parked. The
+reference traversal is recorded on an overcast summer day; queries are recorded in
+the query conditions. A source condition is neither: it is a further traversal in
+the reference's light, rendered by ``locseg synth-traversal`` as a second source of
+cross-condition correspondences (``locseg.synth.traversal``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Condition:
     read_noise: float = 0.004
     shot_noise: float = 0.004
     motion_blur: float = 0.0             # horizontal blur length, pixels at 512 wide
+    parked_cars: float = 1.0             # scales the chance that a spot holds a car (1: every query's)
+    role: str = "query"                  # reference | query | source
 
     @property
     def casts_shadows(self) -> bool:
@@ -51,7 +56,7 @@ class Condition:
 
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in [
-    Condition("reference", sun_intensity=0.15, clouds=0.8),
+    Condition("reference", sun_intensity=0.15, clouds=0.8, role="reference"),
     Condition("sun", sun_elevation=38, sun_azimuth=-55, sun_intensity=3.2, sky_zenith=(0.25, 0.42, 0.8),
               sky_horizon=(0.65, 0.75, 0.88), clouds=0.15, sky_intensity=0.8, exposure=0.36,
               white_balance=(1.04, 1.0, 0.95)),
@@ -76,9 +81,13 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in [
               sky_horizon=(0.07, 0.06, 0.06), clouds=1.0, night=True, lamp_fraction=0.75,
               window_fraction=0.22, wet=1.0, precipitation="rain", fog=0.015, fog_colour=(0.05, 0.045, 0.04),
               exposure=0.06, max_gain=16.0, read_noise=0.014, shot_noise=0.016, motion_blur=4.0),
+    # The reference's light on a quiet morning: three in four parking spots are empty, so
+    # the sidewalks that the reference's parked cars hide are in view.
+    Condition("sunday", sun_intensity=0.15, clouds=0.8, parked_cars=0.3, role="source"),
 ]}
 
-QUERY_CONDITIONS: tuple[str, ...] = tuple(name for name in CONDITIONS if name != "reference")
+QUERY_CONDITIONS: tuple[str, ...] = tuple(name for name, c in CONDITIONS.items() if c.role == "query")
+SOURCE_CONDITIONS: tuple[str, ...] = tuple(name for name, c in CONDITIONS.items() if c.role == "source")
 
 
 def get_condition(name: str) -> Condition:

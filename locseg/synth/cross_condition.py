@@ -95,7 +95,8 @@ def mutual_matches(reference: Cloud, other: Cloud, max_distance: float = 0.5) ->
 def condition_pairs(ref_views: list[View], ref_renders: list[Rendered], views: list[View],
                     renders: list[Rendered], rays: dict[str, CameraRays],
                     config: CorrespondenceConfig, reference_cloud: Cloud | None = None) -> list[CorrespondencePair]:
-    """All correspondence pairs between the reference traversal and one condition."""
+    """All correspondence pairs between a source traversal (the reference, or a source
+    condition's, see ``locseg.synth.traversal``) and one query condition."""
     reference_cloud = reference_cloud or dense_cloud(ref_views, ref_renders, rays, config)
     cloud = dense_cloud(views, renders, rays, config)
     i, j = mutual_matches(reference_cloud, cloud)

@@ -275,14 +275,23 @@ def _write_lists(root: Path, street: Street) -> None:
 
 def _write_correspondences(root: Path, street: Street, ref_renders: list[Rendered], by_name: dict,
                            rays: dict, progress: Progress | None) -> int:
+    return write_condition_pairs(root / "correspondences", street, street.reference, ref_renders, by_name, rays,
+                                 progress)
+
+
+def write_condition_pairs(folder: Path, street: Street, sources: list[View], source_renders: list[Rendered],
+                          by_name: dict[str, Rendered], rays: dict[str, CameraRays],
+                          progress: Progress | None = None) -> int:
+    """Write the correspondence files between a source traversal and every query
+    condition of ``street`` into ``folder`` (created); ``by_name`` holds the renders
+    of the query views. Returns the number of pairs."""
     config = CorrespondenceConfig(min_common=int(300 * (street.size.width / 512) ** 2))
-    reference_cloud = dense_cloud(street.reference, ref_renders, rays, config)
-    folder = root / "correspondences"
+    source_cloud = dense_cloud(sources, source_renders, rays, config)
     folder.mkdir()
     count = 0
     for done, views in enumerate(street.queries.values()):
         renders = [by_name[v.name] for v in views]
-        for pair in condition_pairs(street.reference, ref_renders, views, renders, rays, config, reference_cloud):
+        for pair in condition_pairs(sources, source_renders, views, renders, rays, config, source_cloud):
             stem = f"{pair.image_i.rsplit('.', 1)[0]}__{pair.image_j.rsplit('.', 1)[0]}".replace("/", "_")
             write_correspondences(folder / f"{stem}.mat", pair)
             count += 1

@@ -42,10 +42,11 @@ def render(scene: Scene, view: View, rays: CameraRays | None = None) -> Rendered
     """Render ``view`` of ``scene`` in the view's condition."""
     rays = rays or CameraRays.of(view.camera)
     traversal = traversal_seed(scene, view.condition)
-    prims = scene.primitives(traversal)
-    gbuf = cast(prims, rays, view.T_cam_from_world)
     condition = get_condition(view.condition)
-    heightfield = scene.dynamic_heightfield(traversal) if condition.casts_shadows else scene.heightfield
+    prims = scene.primitives(traversal, condition.parked_cars)
+    gbuf = cast(prims, rays, view.T_cam_from_world)
+    heightfield = (scene.dynamic_heightfield(traversal, condition.parked_cars) if condition.casts_shadows
+                   else scene.heightfield)
     centre = view.T_cam_from_world.center.double().numpy()
     linear = radiance(gbuf, prims, scene, condition, traversal or 0, heightfield, centre)
     image_seed = int(hash_uniform(scene.seed, traversal or 0, text_seed(view.name)) * (1 << 30))

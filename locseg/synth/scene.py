@@ -156,22 +156,24 @@ class Scene:
     heightfield_cell: float = 0.1
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def primitives(self, traversal_seed: int | None) -> Primitives:
+    def primitives(self, traversal_seed: int | None, parked_cars: float = 1.0) -> Primitives:
         """Static primitives plus the cars and pedestrians of one traversal.
 
-        ``traversal_seed=None`` gives the reference traversal's placement.
+        ``traversal_seed=None`` gives the reference traversal's placement; otherwise
+        ``parked_cars`` scales the chance that a parking spot holds a car.
         """
-        if traversal_seed not in self._cache:
-            dynamic = _dynamic_objects(self, traversal_seed)
-            self._cache[traversal_seed] = Primitives.concatenate([self.static, dynamic])
-        return self._cache[traversal_seed]
+        cache_key = (traversal_seed, parked_cars)
+        if cache_key not in self._cache:
+            dynamic = _dynamic_objects(self, traversal_seed, parked_cars)
+            self._cache[cache_key] = Primitives.concatenate([self.static, dynamic])
+        return self._cache[cache_key]
 
-    def dynamic_heightfield(self, traversal_seed: int | None) -> np.ndarray:
+    def dynamic_heightfield(self, traversal_seed: int | None, parked_cars: float = 1.0) -> np.ndarray:
         """The heightfield with the traversal's cars added."""
-        cache_key = ("heightfield", traversal_seed)
+        cache_key = ("heightfield", traversal_seed, parked_cars)
         if cache_key in self._cache:
             return self._cache[cache_key]
-        prims = self.primitives(traversal_seed)
+        prims = self.primitives(traversal_seed, parked_cars)
         dynamic = prims.key >= DYNAMIC_KEY_BASE
         field_ = self.heightfield.copy()
         lo, hi = prims.bounds()
@@ -374,12 +376,13 @@ def _parking_spots(rng: np.random.Generator, x_start: float, x_end: float, lamps
     return np.array(spots, np.float64)
 
 
-def _dynamic_objects(scene: Scene, traversal_seed: int | None) -> Primitives:
+def _dynamic_objects(scene: Scene, traversal_seed: int | None, parked_cars: float = 1.0) -> Primitives:
     """Parked cars and pedestrians of one traversal.
 
     Every parking spot has a reference occupant (or none). Another traversal keeps
-    that occupant with probability 0.45, and otherwise leaves the spot empty or puts
-    a different car there, shifted along the kerb.
+    that occupant with probability 0.45, and otherwise puts a different car there,
+    shifted along the kerb, with probability 0.6, or leaves the spot empty;
+    ``parked_cars`` scales both probabilities.
     """
     b = _Builder()
     n = len(scene.parking_spots)
@@ -389,8 +392,8 @@ def _dynamic_objects(scene: Scene, traversal_seed: int | None) -> Primitives:
         variant = np.where(ref_occupied, 0, -1)
     else:
         u = hash_uniform(spot_ids, scene.seed, traversal_seed, 12)
-        keep = ref_occupied & (u < 0.45)
-        other = hash_uniform(spot_ids, scene.seed, traversal_seed, 13) < 0.6
+        keep = ref_occupied & (u < 0.45 * parked_cars)
+        other = hash_uniform(spot_ids, scene.seed, traversal_seed, 13) < 0.6 * parked_cars
         variant = np.where(keep, 0, np.where(other, 1 + (traversal_seed % 997), -1))
     for spot, (x, side, length) in enumerate(scene.parking_spots):
         if variant[spot] < 0:

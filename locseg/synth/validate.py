@@ -64,24 +64,29 @@ def inverse_depth_at(depth: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.
     return value, (q.min(1) > 0) & (q.max(1) < 1.02 * q.min(1))
 
 
-def correspondence_errors(street: str | Path) -> Agreement:
-    """Lift each correspondence from image i with its depth, project it into image j
-    with the true poses and intrinsics, and measure the distance to the stored point.
+def correspondence_errors(street: str | Path, folder: str = "correspondences") -> Agreement:
+    """Lift each correspondence of ``street/folder`` from image i with its depth, project
+    it into image j with the true poses and intrinsics, and measure the distance to the
+    stored point.
 
-    Points near depth edges, where the depth map cannot be interpolated, are skipped.
+    Image i is a reference image, or one of a source traversal (``correspondences-<source>``),
+    which drives the reference's poses with the reference's camera. Points near depth
+    edges, where the depth map cannot be interpolated, are skipped.
     """
     street = Path(street)
-    poses = {**read_poses(street / "ground_truth" / "queries.txt"),
-             **read_poses(street / "ground_truth" / "reference.txt")}
+    poses = {}
+    for path in sorted((street / "ground_truth").glob("*.txt")):
+        poses.update(read_poses(path))
     cameras = dict(read_query_list(street / "queries" / "all.txt"))
     model = read_model(street / "reference" / "model")
     errors, files = [], 0
-    for path in iter_correspondence_files(street / "correspondences"):
+    for path in iter_correspondence_files(street / folder):
         pair = read_correspondences(path)
         files += 1
         depth = np.load(street / "depth" / f"{pair.image_i.rsplit('.', 1)[0]}.npy")
         inverse, smooth = inverse_depth_at(depth, pair.points_i)
-        rays = camera_of_image(model, pair.image_i).unproject(pair.points_i[smooth]).numpy()
+        reference_name = "reference/" + pair.image_i.split("/", 1)[1]
+        rays = camera_of_image(model, reference_name).unproject(pair.points_i[smooth]).numpy()
         world = lift(poses[pair.image_i], rays / rays[:, 2:], 1 / inverse[smooth])
         uv, _ = cameras[pair.image_j].project(poses[pair.image_j].transform(world))
         errors.append(np.linalg.norm(uv.numpy() - pair.points_j[smooth], axis=1))

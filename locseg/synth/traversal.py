@@ -1,0 +1,126 @@
+"""``locseg synth-traversal``: a further source traversal of an existing street.
+
+A street's correspondences run from its one reference traversal to each query
+condition, so a surface that the reference never sees gets none: the reference
+drives down the middle of the road, and where a car is parked at the kerb the
+sidewalk behind it is hidden in every reference image. A source condition (see
+``locseg.synth.conditions``, e.g. ``sunday``: the reference's light, three in four
+parking spots empty) drives the reference's poses again with its own parked cars
+and pedestrians, and gives a second set of pairs to every query condition. It adds
+to the street directory:
+
+    images/<source>/cam0/<frame>.png, labels/..., depth/...   as the reference's
+    ground_truth/<source>.txt                                 its poses
+    correspondences-<source>/*.mat                           source-to-condition pairs
+    synth.json                                                gains ``traversals[<source>]``
+
+The street's own files are not touched, so models trained or benchmarked on it are
+unaffected. The street is rebuilt from the seed in ``synth.json``; a street whose
+stored reference labels the rebuilt scene does not reproduce was made by another
+scene generator and is refused. Everything is rendered into a hidden sibling folder
+first and moved into place at the end, and ``synth.json`` is rewritten last, so an
+interrupted run leaves the street as it was and a second run starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, RegistryError
+from ..evaluate.segmentation import read_label_png
+from ..io.poses import write_poses
+from .conditions import CONDITIONS, SOURCE_CONDITIONS
+from .generate import (
+    Progress,
+    SynthConfig,
+    generator_digest,
+    plan_street,
+    render_views,
+    write_condition_pairs,
+)
+from .raycast import CameraRays
+from .render import render
+from .trajectory import View
+
+# Fewer equal reference labels than this means the rebuilt scene is not the stored one.
+SCENE_AGREEMENT = 0.999
+
+
+def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: int | None = None,
+                  overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """Render the source traversal ``condition`` of the street in ``street_dir`` and
+    write its correspondences to every query condition (see the module docstring).
+
+    Returns the traversal's entry in ``synth.json``. A traversal already recorded
+    there is kept as it is unless ``overwrite``.
+
+    Raises:
+        InputError: ``street_dir`` is not a SynthSeasons street, or was made by
+            another scene generator.
+        RegistryError: ``condition`` is not a source condition.
+    """
+    if condition not in SOURCE_CONDITIONS:
+        raise RegistryError("source condition", condition, list(SOURCE_CONDITIONS))
+    root = Path(street_dir).resolve()
+    summary_path = root / "synth.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+        config = SynthConfig(**summary["config"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{root} is not a SynthSeasons street (no readable synth.json: {err}); "
+                         "make one with `locseg synth`") from None
+    recorded = summary.get("traversals", {}).get(condition)
+    if recorded is not None and not overwrite:
+        return recorded
+
+    street = plan_street(config)
+    _check_scene(root, street.scene, street.reference[0])
+    sources = [replace(v, name=f"{condition}/{v.name.split('/', 1)[1]}", condition=condition)
+               for v in street.reference]
+    query_views = [v for views in street.queries.values() for v in views]
+    tmp = root.with_name(f".{root.name}.{condition}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        renders = render_views(config, sources + query_views, [tmp] * len(sources) + [None] * len(query_views),
+                               workers or min(2, os.cpu_count() or 1), progress)
+        source_renders = renders[: len(sources)]
+        by_name = dict(zip((v.name for v in query_views), renders[len(sources):]))
+        rays = {v.camera.to_string(): CameraRays.of(v.camera)
+                for v in [sources[0]] + [views[0] for views in street.queries.values()]}
+        folder = f"correspondences-{condition}"
+        pairs = write_condition_pairs(tmp / folder, street, sources, source_renders, by_name, rays, progress)
+        write_poses(tmp / f"{condition}.txt", {v.name: v.T_cam_from_world for v in sources})
+        moves = [(tmp / kind / condition, root / kind / condition) for kind in ("images", "labels", "depth")]
+        moves += [(tmp / folder, root / folder), (tmp / f"{condition}.txt", root / "ground_truth" / f"{condition}.txt")]
+        for new, target in moves:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(new, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    entry = {"images": len(sources), "correspondence_pairs": pairs, "correspondences": folder,
+             "parked_cars": CONDITIONS[condition].parked_cars, "generator": generator_digest()}
+    summary.setdefault("traversals", {})[condition] = entry
+    partial = summary_path.with_name(summary_path.name + ".partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, summary_path)
+    return entry
+
+
+def _check_scene(root: Path, scene, view: View) -> None:
+    """Refuse a street whose first reference image the rebuilt scene does not reproduce."""
+    stored = root / "labels" / view.name
+    if not stored.is_file():
+        raise InputError(f"{root} has no {stored.relative_to(root)}; is it a complete SynthSeasons street?")
+    agreement = float(np.mean(read_label_png(stored) == render(scene, view).labels))
+    if agreement < SCENE_AGREEMENT:
+        raise InputError(f"{root} was made by another SynthSeasons scene generator: its labels of {view.name} "
+                         f"agree with the rebuilt street on {100 * agreement:.1f} % of pixels; regenerate it "
+                         "with `locseg synth --overwrite`")
