@@ -3,11 +3,13 @@
     python benchmarks/bench_features.py --dataset outputs/synthseasons-test-0 \\
         --weights random --weights outputs/runs/scratch-dmcgn.safetensors \\
         [--retrieval-weights outputs/runs/scratch-netvlad.safetensors] [--max-side 512] \\
-        [--hypercolumn-norm levels joint]
+        [--hypercolumn-norm levels joint] [--subcell]
 
 Prints a Markdown table: one row per weights, one column per condition (reference
 images against each query condition, true match within 4 px at the network input's
 resolution), and one per hypercolumn normalisation asked for (``locseg.models.hypercolumn``).
+With ``--subcell`` each row is followed by one whose matches sit at the sub-cell peak the
+localizer uses, rather than at the best cell's centre.
 ``random`` stands for the seeded random initialisation. The street must
 be one the weights were not trained on (``locseg synth --split test``).
 """
@@ -35,19 +37,22 @@ def main() -> None:
     parser.add_argument("--retrieval-max-side", type=int, default=256)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--hypercolumn-norm", nargs="+", choices=NORMALIZATIONS, default=[DEFAULT_NORMALIZATION])
+    parser.add_argument("--subcell", action="store_true", help="also score sub-cell peaks")
     args = parser.parse_args()
     pairs = CorrespondencePairs(f"{args.dataset}/correspondences", f"{args.dataset}/images", args.max_side)
     header = None
     for weights in args.weights:
         for norm in args.hypercolumn_norm:
             model = load_hypercolumns(args.backbone, None if weights == "random" else weights, normalization=norm)
-            precision = matching_precision(model, pairs, max_points=args.points).percent()
-            if header is None:
-                header = list(precision)
-                print("| weights | normalisation | " + " | ".join(header) + " |")
-                print("|---" * (len(header) + 2) + "|")
-            print(f"| {weights} | {norm} | " + " | ".join(f"{precision[c]:.1f}" for c in header) + " |",
-                  flush=True)
+            for subcell in (False, True) if args.subcell else (False,):
+                precision = matching_precision(model, pairs, max_points=args.points, subcell=subcell).percent()
+                if header is None:
+                    header = list(precision)
+                    print("| weights | normalisation | " + " | ".join(header) + " |")
+                    print("|---" * (len(header) + 2) + "|")
+                name = f"{weights}, sub-cell" if subcell else weights
+                print(f"| {name} | {norm} | " + " | ".join(f"{precision[c]:.1f}" for c in header) + " |",
+                      flush=True)
     for weights in args.retrieval_weights:
         config = RetrievalConfig(init=None if weights == "random" else weights)
         model = build_retrieval(config, PlaceImages.from_streets([args.dataset]))

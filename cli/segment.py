@@ -98,6 +98,9 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
         for dataset in datasets:
             if not has_correspondences(dataset):
                 click.echo(f"{dataset}: labels only (no correspondences/ folder)", err=True)
+    elif correspondences:
+        click.echo(f"--lambda 0: labels only; the {len(correspondences)} --correspondences folder(s) are not read",
+                   err=True)
     with stage_progress() as progress:
         train_segmentation(datasets, output, config, resume=resume,
                            progress=lambda stage, done, total, parts: progress(stage, done, total, _format(parts)),

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from locseg.errors import InputError
-from locseg.evaluate.matching import MatchingPrecision, matching_precision
+from locseg.evaluate.matching import MatchingPrecision, match_dense, matching_precision
 from locseg.io.correspondences import CorrespondencePair, write_correspondences
 from locseg.models.backbone import build_backbone
 from locseg.models.hypercolumn import Hypercolumns
@@ -49,6 +49,18 @@ def test_a_shifted_copy_is_matched_where_it_moved(model, tmp_path):
     precision = matching_precision(model, pairs, threshold=4.0).percent()
     assert set(precision) == {"all", "night"}
     assert precision["night"] > 90.0
+
+
+def test_subcell_peaks_stay_in_their_cells(model, tmp_path):
+    """Sub-cell matches move each cell-centre match by at most half a cell per axis, and
+    the shifted copy is still matched."""
+    pairs = _pair_directory(tmp_path, shift=(32, 16))
+    sample = pairs[0]
+    centres = match_dense(model, sample.image_a, sample.image_b, sample.points_a)
+    peaks = match_dense(model, sample.image_a, sample.image_b, sample.points_a, subcell=True)
+    moved = (peaks - centres).abs()
+    assert moved.max() <= 2.0 + 1e-6 and moved.sum() > 0
+    assert matching_precision(model, pairs, threshold=4.0, subcell=True).percent()["night"] > 90.0
 
 
 def test_precision_falls_when_the_truth_is_wrong(model, tmp_path):

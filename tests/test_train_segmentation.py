@@ -108,6 +108,9 @@ def test_correspondences_can_come_from_folders_whose_labels_are_never_read(small
     assert out.exit_code == 2 and "one --images root per --correspondences folder" in out.output
     out = CliRunner().invoke(train_seg, [*base, "--lambda", "0.5", "--iterations", "1", "--max-side", "96"])
     assert "labels only (no correspondences/ folder)" in out.output and isinstance(out.exception, InputError)
+    out = CliRunner().invoke(train_seg, [*base, "--lambda", "0", "--iterations", "1", "--max-side", "96",
+                                         "--correspondences", str(pairs_only / "correspondences"), "--images", str(pairs_only / "images")])
+    assert "the 1 --correspondences folder(s) are not read" in out.output
 
 
 def test_init_from_a_segmentation_model_continues_it(small_street, tmp_path):

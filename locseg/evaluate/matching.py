@@ -4,7 +4,9 @@ For a pair (a, b) with true correspondences (p_a, p_b), the hypercolumn of image
 at p_a is compared with every cell of image b's dense map; the match is correct
 when the most similar cell's centre lies within ``threshold`` pixels of p_b, in the
 network input's resolution. This is the sparse-to-dense step of the localizer,
-measured on its own. Results are grouped by the condition of image b.
+measured on its own. With ``subcell``, the match sits at the sub-cell peak the
+localizer uses (``locseg.localize.matching.subcell_offsets``) instead of the cell's
+centre. Results are grouped by the condition of image b.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..device import module_device
+from ..localize.matching import subcell_offsets
 from ..models.hypercolumn import STRIDE, Hypercolumns, grid_centers
 from ..train.pairs import CorrespondencePairs, PairSample
 
@@ -43,14 +46,16 @@ class MatchingPrecision:
 
 @torch.inference_mode()
 def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tensor,
-                points_a: torch.Tensor) -> torch.Tensor:
+                points_a: torch.Tensor, subcell: bool = False) -> torch.Tensor:
     """Where the hypercolumns of image a at ``points_a`` best match image b.
 
     Args:
         image_a, image_b: (3, H, W) normalised images.
         points_a: (N, 2) COLMAP pixels in image a.
+        subcell: move each match from its cell's centre to the sub-cell peak.
     Returns:
-        (N, 2) COLMAP pixels in image b: centres of the most similar 1/4-grid cells.
+        (N, 2) COLMAP pixels in image b: centres of the most similar 1/4-grid cells,
+        or the sub-cell peaks in them.
     """
     dense_a = model.dense(image_a[None])
     dense_b = model.dense(image_b[None])
@@ -58,17 +63,21 @@ def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tenso
     similarity = descriptors @ dense_b[0].flatten(1)                                               # (N, h w)
     centres = grid_centers(dense_b.shape[-2], dense_b.shape[-1], STRIDE, dtype=points_a.dtype,
                            device=points_a.device)
-    return centres.reshape(-1, 2)[similarity.argmax(dim=1)]
+    peak, cells = similarity.max(dim=1)
+    found = centres.reshape(-1, 2)[cells]
+    if subcell:
+        found = found + subcell_offsets(descriptors, dense_b[0], cells, peak) * STRIDE
+    return found
 
 
 def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
                  indices: Sequence[int] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None, subcell: bool = False,
                  ) -> Iterator[tuple[PairSample, torch.Tensor, torch.Tensor]]:
     """For each pair (all, or those of ``indices``): the pair, the (N,) indices of the
     correspondences checked (at most ``max_points``, drawn with a generator seeded by
     ``seed``), and their (N,) pixel distances between the dense argmax match
-    (``match_dense``) and the true match. The model runs on its own device; the errors
+    (``match_dense``, with ``subcell``) and the true match. The model runs on its own device; the errors
     come back on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     indices = range(len(pairs)) if indices is None else indices
@@ -78,7 +87,7 @@ def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: in
         sample = pairs[index]
         keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
         moved = sample.to(device)
-        found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)]).cpu()
+        found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)], subcell).cpu()
         yield sample, keep, (found - sample.points_b[keep]).norm(dim=1)
         if progress:
             progress("matching", done, len(indices))
@@ -86,9 +95,11 @@ def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: in
 
 def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshold: float = 4.0,
                        max_points: int = 1000, seed: int = 0,
-                       progress: Callable[[str, int, int], None] | None = None) -> MatchingPrecision:
-    """Matching precision of ``model`` over ``pairs`` (at most ``max_points`` per pair)."""
+                       progress: Callable[[str, int, int], None] | None = None,
+                       subcell: bool = False) -> MatchingPrecision:
+    """Matching precision of ``model`` over ``pairs`` (at most ``max_points`` per pair),
+    matches at cell centres or, with ``subcell``, at sub-cell peaks."""
     result = MatchingPrecision(threshold)
-    for sample, _, error in match_errors(model, pairs, max_points, seed, progress=progress):
+    for sample, _, error in match_errors(model, pairs, max_points, seed, progress=progress, subcell=subcell):
         result.add(sample.condition, int((error <= threshold).sum()), len(error))
     return result
