@@ -69,17 +69,25 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               show_default=True,
               help="Weight of a DMC term on the whole hypercolumn map, the one matching compares, with negatives "
                    "mined in it (0: seed 002's per-level loss only).")
+@click.option("--dense-weight", type=click.FloatRange(min=0), default=FinetuneLossConfig().dense_weight,
+              show_default=True,
+              help="Weight of a cross-entropy over every cell of the other image's whole hypercolumn map, against "
+                   "the cells at the true match (0: seed 002's loss only).")
+@click.option("--dense-temperature", type=click.FloatRange(min=0, min_open=True),
+              default=FinetuneLossConfig().dense_temperature, show_default=True,
+              help="Softmax temperature of --dense-weight's term, in cosine units.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
              resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
-             combined_weight: float, device: torch.device) -> None:
+             combined_weight: float, dense_weight: float, dense_temperature: float, device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
                             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
                             mining_offset=mining_offset, hypercolumn_norm=hypercolumn_norm,
                             loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius,
-                                                    combined_weight=combined_weight))
+                                                    combined_weight=combined_weight, dense_weight=dense_weight,
+                                                    dense_temperature=dense_temperature))
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(
@@ -116,7 +124,7 @@ def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbon
 
 
 def _format_losses(losses: dict[str, float]) -> str:
-    return " ".join(f"{k} {losses[k]:.3f}" for k in ("total", "dmc", "gn", "loss") if k in losses)
+    return " ".join(f"{k} {losses[k]:.3f}" for k in ("total", "dmc", "gn", "dmc_combined", "dense", "loss") if k in losses)
 
 
 COMMANDS = [finetune, retrieval]

@@ -87,6 +87,10 @@ def test_a_step_on_images_the_strides_do_not_divide():
     loss_c, breakdown_c = training_step(model, sample, 0, combined, torch.Generator().manual_seed(1))
     assert breakdown_c["dmc"] == pytest.approx(breakdown["dmc"]) and breakdown_c["dmc_combined"] > 0
     assert loss_c.detach().item() == pytest.approx(loss.detach().item() + 0.5 * breakdown_c["dmc_combined"], rel=1e-5)
+    dense = dataclasses.replace(config, loss=dataclasses.replace(config.loss, dense_weight=0.5))
+    loss_d, breakdown_d = training_step(model, sample, 0, dense, torch.Generator().manual_seed(1))
+    assert breakdown_d["dmc"] == pytest.approx(breakdown["dmc"]) and breakdown_d["dense"] > 0
+    assert loss_d.detach().item() == pytest.approx(loss.detach().item() + 0.5 * breakdown_d["dense"], rel=1e-5)
 
 
 def test_the_bundled_interim_weights_load_by_name():
@@ -132,10 +136,12 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
     result = CliRunner().invoke(finetune, [
         "--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
         "--output", str(output), "--iterations", "1", "--max-side", "128", "--validate-every", "0",
-        "--hypercolumn-norm", "joint", "--combined-weight", "0.5"])
+        "--hypercolumn-norm", "joint", "--combined-weight", "0.5", "--dense-weight", "0.25",
+        "--dense-temperature", "0.1"])
     assert result.exit_code == 0, result.output
     config = load_checkpoint(output).config
     assert config["hypercolumn_norm"] == "joint" and config["loss"]["combined_weight"] == 0.5
+    assert config["loss"]["dense_weight"] == 0.25 and config["loss"]["dense_temperature"] == 0.1
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
 
 

@@ -14,6 +14,7 @@ from locseg.train.losses import (
     FinetuneLossConfig,
     _sample_map,
     _sample_with_jacobian,
+    dense_matching_loss,
     double_margin_contrastive,
     gauss_newton_loss,
     total_finetune_loss,
@@ -298,7 +299,7 @@ def test_the_combined_term_is_the_dmc_of_the_whole_maps_against_their_hardest_ne
     expected = ((d_pos - 0.1).clamp_min(0) ** 2).mean() + ((1 - d_neg).clamp_min(0) ** 2).mean()
     assert parts["dmc_combined"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert total.item() == pytest.approx(base.item() + 0.3 * expected.item(), rel=1e-5)
-    with pytest.raises(InputError, match="needs the combined maps"):
+    with pytest.raises(InputError, match="needs the whole maps"):
         total_finetune_loss([level_a], [level_b], kp, kp, size, size, pool_size=1, config=combined)
     with pytest.raises(InputError, match="combined_weight must be >= 0"):
         FinetuneLossConfig(combined_weight=-1)
@@ -311,3 +312,58 @@ def test_total_finetune_loss_rejects_bad_inputs():
         total_finetune_loss([feat], [], kp, kp, (W, H), (W, H), pool_size=5)
     with pytest.raises(InputError, match="margin"):
         FinetuneLossConfig(margin_pos=2.0)
+
+
+def test_the_dense_loss_is_the_cross_entropy_of_the_softmax_over_every_cell():
+    """Hand-computed: three one-hot cells and one mixed cell; a point at a cell centre
+    targets that cell alone, a point halfway between two centres both, half each."""
+    map_b = torch.zeros(3, 2, 2)
+    map_b[0, 0, 0] = map_b[1, 0, 1] = map_b[2, 1, 0] = 1.0
+    map_b[:, 1, 1] = torch.tensor([0.6, 0.8, 0.0])
+    map_a = map_b.clone()
+    centre = torch.tensor([[0.5, 0.5]])                        # cell (0, 0): descriptor e0
+    logits = torch.tensor([1.0, 0.0, 0.0, 0.6]) / 0.5          # e0 against the four cells
+    expected = -torch.log_softmax(logits, 0)[0]
+    got = dense_matching_loss(map_a, map_b, centre, centre, temperature=0.5)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    between = torch.tensor([[1.0, 0.5]])                       # halfway between cells (0, 0) and (0, 1)
+    descriptor = torch.tensor([0.5, 0.5, 0.0])                 # the bilinear sample of map a there
+    logits = descriptor @ map_b.flatten(1) / 0.5
+    expected = -(0.5 * torch.log_softmax(logits, 0)[0] + 0.5 * torch.log_softmax(logits, 0)[1])
+    got = dense_matching_loss(map_a, map_b, between, between, temperature=0.5)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # two points average; no points give 0
+    both = dense_matching_loss(map_a, map_b, torch.cat([centre, between]), torch.cat([centre, between]), 0.5)
+    single = [dense_matching_loss(map_a, map_b, k, k, 0.5) for k in (centre, between)]
+    assert both.item() == pytest.approx(sum(x.item() for x in single) / 2, rel=1e-6)
+    assert dense_matching_loss(map_a, map_b, centre[:0], centre[:0]).item() == 0.0
+
+
+def test_the_dense_loss_falls_as_the_true_cell_stands_out_and_its_target_stays_in_the_map():
+    map_b = nnF.normalize(torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(0)), dim=0)
+    kp = torch.tensor([[2.5, 1.5], [0.2, 4.9], [5.9, 0.1]])   # a centre, and two points in border half-cells
+    losses = [dense_matching_loss(map_b, map_b, kp, kp, t).item() for t in (0.5, 0.1, 0.02)]
+    assert losses[0] > losses[1] > losses[2] >= 0             # map a = map b: sharper peaks, lower loss
+    assert all(math.isfinite(x) for x in losses)
+
+
+def test_the_dense_term_adds_its_weight_times_the_loss():
+    level_a, level_b = _smooth_map(30).float(), _smooth_map(31).float()
+    whole_a, whole_b = _smooth_map(32, c=8).float(), _smooth_map(33, c=8).float()
+    whole_a, whole_b = (nnF.normalize(m, dim=0) for m in (whole_a, whole_b))
+    kp = (_keypoints(6, seed=4) * 2).float()
+    size = (2 * W, 2 * H)
+    seed_loss = FinetuneLossConfig()
+    dense = dataclasses.replace(seed_loss, dense_weight=0.7, dense_temperature=0.1)
+
+    def loss(config):
+        return total_finetune_loss([level_a], [level_b], kp, kp, size, size, pool_size=1, config=config,
+                                   generator=torch.Generator().manual_seed(0), combined=(whole_a, whole_b, 2.0))
+    base, _ = loss(seed_loss)
+    total, parts = loss(dense)
+    expected = dense_matching_loss(whole_a, whole_b, kp / 2, kp / 2, 0.1)
+    assert parts["dense"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert total.item() == pytest.approx(base.item() + 0.7 * expected.item(), rel=1e-5)
+    assert dense.needs_whole_maps and not seed_loss.needs_whole_maps
+    with pytest.raises(InputError, match="dense_temperature > 0"):
+        FinetuneLossConfig(dense_temperature=0)

@@ -135,7 +135,7 @@ def training_step(model: Hypercolumns, sample: PairSample, step: int, config: Fi
     inside = _covered(sample.points_a, size_a, strides) & _covered(sample.points_b, size_b, strides)
     points_a, points_b = sample.points_a[inside], sample.points_b[inside]
     keep = sample_positives(len(points_a), config.positives, generator)
-    whole = config.loss.combined_weight > 0
+    whole = config.loss.needs_whole_maps
     levels_a, combined_a = level_maps(model, sample.image_a, whole)
     levels_b, combined_b = level_maps(model, sample.image_b, whole)
     loss, breakdown = total_finetune_loss(

@@ -4,6 +4,10 @@
   feature distances, margins M+ = 0.1 and M- = 1.
 - ``gauss_newton_loss``: GN-Net's Gauss-Newton loss (von Stumberg et al.,
   RA-L 2020), vicinity 1 pixel, term weights 1 and 2/7.
+- ``dense_matching_loss``: not in seed 002; the cross-entropy of each point's
+  softmax over every cell of the other image's whole hypercolumn map, against
+  the cells around its true match: the argmax that matching takes, made
+  differentiable.
 - ``total_finetune_loss``: per hypercolumn level l, DMC + lambda * GN with
   lambda = 0.5, summed over levels, mining the negatives on the way.
 
@@ -51,6 +55,7 @@ __all__ = [
     "DMCTerms",
     "GNTerms",
     "FinetuneLossConfig",
+    "dense_matching_loss",
     "double_margin_contrastive",
     "gauss_newton_loss",
     "total_finetune_loss",
@@ -337,6 +342,43 @@ def _gn_step_terms(
     return alignment, -0.5 * torch.log(det)
 
 
+# --------------------------------------------------------------------------- dense
+
+
+def dense_matching_loss(map_a: torch.Tensor, map_b: torch.Tensor, kp_a: torch.Tensor, kp_b: torch.Tensor,
+                        temperature: float = 0.05) -> torch.Tensor:
+    """Mean cross-entropy of each point's softmax over every cell of map b.
+
+    Point i's descriptor ``d_i = F_a(kp_a[i])`` (bilinear) is compared with every cell
+    of map b; ``p_i = softmax(d_i . F_b / temperature)`` over the ``h w`` cells. Its
+    target ``t_i`` spreads one unit over the (up to) four cells around ``kp_b[i]`` with
+    bilinear weights, so a match between cell centres asks for both; near the border
+    the cells are clamped into the map. The loss is ``mean_i -sum_k t_ik log p_ik``.
+
+    Args:
+        map_a: ``(C, h, w)``; map_b: ``(C, h', w')``, both unit norm per cell.
+        kp_a, kp_b: ``(N, 2)`` COLMAP points in the maps' own grids (cell (i, j)
+            is centred at ``(j + 0.5, i + 0.5)``).
+    Returns:
+        0-d tensor; 0 for N = 0.
+    """
+    _check_map("map_a", map_a)
+    _check_map("map_b", map_b)
+    if len(kp_a) == 0:
+        return map_a.new_zeros(())
+    _, height, width = map_b.shape
+    logits = _sample_map(map_a, kp_a) @ map_b.flatten(1) / temperature                      # (N, h' w')
+    u, v = kp_b[:, 0] - 0.5, kp_b[:, 1] - 0.5                                             # array coordinates
+    u0, v0 = u.floor(), v.floor()
+    fu, fv = u - u0, v - v0
+    target = torch.zeros_like(logits)
+    for du, dv, weight in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+        column = (u0 + du).clamp(0, width - 1).long()
+        row = (v0 + dv).clamp(0, height - 1).long()
+        target.scatter_add_(1, (row * width + column)[:, None], weight[:, None].to(logits.dtype))
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 # --------------------------------------------------------------------------- total
 
 
@@ -358,6 +400,9 @@ class FinetuneLossConfig:
             map (``Hypercolumns.assemble``: what matching compares), its negatives
             mined in that map, alpha in its 1/4-grid cells. Not in seed 002, whose
             loss sees each level alone; 0 (default) leaves the seed's loss.
+        dense_weight: weight of ``dense_matching_loss`` on the whole hypercolumn
+            maps; not in seed 002, 0 (default) leaves the seed's loss.
+        dense_temperature: its softmax temperature, in units of cosine similarity.
     """
 
     margin_pos: float = 0.1
@@ -368,6 +413,13 @@ class FinetuneLossConfig:
     neg_radius: float = 4.0
     gn_damping: float = 1e-6
     combined_weight: float = 0.0
+    dense_weight: float = 0.0
+    dense_temperature: float = 0.05
+
+    @property
+    def needs_whole_maps(self) -> bool:
+        """Whether the loss reads the whole hypercolumn maps (``combined`` of ``total_finetune_loss``)."""
+        return self.combined_weight > 0 or self.dense_weight > 0
 
     def __post_init__(self):
         if not (0 <= self.margin_pos < self.margin_neg):
@@ -376,6 +428,9 @@ class FinetuneLossConfig:
             raise InputError(f"gn_weight must be >= 0, got {self.gn_weight}")
         if not self.combined_weight >= 0:
             raise InputError(f"combined_weight must be >= 0, got {self.combined_weight}")
+        if not (self.dense_weight >= 0 and self.dense_temperature > 0):
+            raise InputError(f"need dense_weight >= 0 and dense_temperature > 0, got {self.dense_weight}, "
+                             f"{self.dense_temperature}")
         if not (self.vicinity >= 0 and self.neg_radius >= 0 and self.gn_damping > 0):
             raise InputError(
                 f"need vicinity >= 0, neg_radius >= 0, gn_damping > 0; got {self.vicinity}, "
@@ -406,7 +461,8 @@ def total_finetune_loss(
     combined: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Seed 002's fine-tuning loss, ``sum_l DMC_l + lambda * sum_l GN_l`` (eq. 7),
-    plus ``config.combined_weight`` times the DMC loss of the ``combined`` maps.
+    plus ``config.combined_weight`` times the DMC loss of the ``combined`` maps and
+    ``config.dense_weight`` times their ``dense_matching_loss``.
 
     With ``strides`` (input pixels per cell of each level, e.g. from
     ``VGG16.stride_entering``), keypoints given in input pixels map to level l as
@@ -438,14 +494,15 @@ def total_finetune_loss(
         combined: ``(map_a, map_b, stride)``, the whole hypercolumn maps ``(C, h, w)``
             of both images, whose cells span ``stride`` units of the keypoints'
             grids (4 for a 1/4 grid and keypoints in input pixels); needed
-            when ``config.combined_weight`` > 0, ignored otherwise.
+            when ``config.needs_whole_maps``, ignored otherwise.
 
     Returns:
         ``(total, breakdown)``: the 0-d loss to back-propagate, and detached
         0-d tensors for logging: ``total``, ``dmc``, ``dmc_pos``, ``dmc_neg``,
         ``gn`` (unweighted by lambda), ``gn_align``, ``gn_logdet`` (summed over
-        levels, unweighted by w1, w2), per level ``dmc/<l>``, ``gn/<l>``, and
-        with a combined term ``dmc_combined`` (unweighted).
+        levels, unweighted by w1, w2), per level ``dmc/<l>``, ``gn/<l>``, with
+        a combined term ``dmc_combined`` and with a dense term ``dense`` (both
+        unweighted).
     """
     config = FinetuneLossConfig() if config is None else config
     if len(feats_a) != len(feats_b) or len(feats_a) == 0:
@@ -482,17 +539,23 @@ def total_finetune_loss(
 
     total = sums["dmc"] + config.gn_weight * sums["gn"]
     extra = {}
-    if config.combined_weight > 0:
+    if config.needs_whole_maps:
         if combined is None:
-            raise InputError("combined_weight > 0 needs the combined maps of both images (combined=...)")
+            raise InputError("combined_weight > 0 or dense_weight > 0 needs the whole maps of both images "
+                             "(combined=...)")
         map_a, map_b, stride = combined
         if not stride > 0:
             raise InputError(f"the combined maps' stride must be > 0, got {stride}")
         _check_map("combined map_a", map_a)
         _check_map("combined map_b", map_b)
+    if config.combined_weight > 0:
         whole = _map_dmc(map_a, map_b, kp_a / stride, kp_b / stride, pool_size, config, generator)
         total = total + config.combined_weight * whole.total
         extra["dmc_combined"] = whole.total.detach()
+    if config.dense_weight > 0:
+        dense = dense_matching_loss(map_a, map_b, kp_a / stride, kp_b / stride, config.dense_temperature)
+        total = total + config.dense_weight * dense
+        extra["dense"] = dense.detach()
     breakdown = {"total": total.detach()} | {key: value.detach() for key, value in sums.items()} | extra
     for level, (dmc, gn) in per_level.items():
         breakdown[f"dmc/{level}"] = dmc.total.detach()
