@@ -75,7 +75,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
                    "the cells at the true match (0: seed 002's loss only).")
 @click.option("--dense-temperature", type=click.FloatRange(min=0, min_open=True),
               default=FinetuneLossConfig().dense_temperature, show_default=True,
-              help="Softmax temperature of --dense-weight's term, in cosine units.")
+              help="Softmax temperature of --dense-weight's term, in units of the dot product of unit cells.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
              resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,

@@ -17,8 +17,9 @@ from locseg.io.correspondences import iter_correspondence_files, read_correspond
 from locseg.io.poses import read_poses
 from locseg.synth.conditions import QUERY_CONDITIONS, SOURCE_CONDITIONS, get_condition
 from locseg.synth.scene import CAR
-from locseg.synth.traversal import add_traversal
+from locseg.synth.traversal import add_traversal, recorded_traversals
 from locseg.synth.validate import correspondence_errors
+from locseg.train.segmentation import dataset_images
 
 ADDED = ("synth.json", "correspondences-sunday/", "ground_truth/sunday.txt", "images/sunday/", "labels/sunday/",
          "depth/sunday/")
@@ -105,6 +106,29 @@ def test_a_recorded_traversal_is_kept(street_with_sunday):
     stamp = image.stat().st_mtime_ns
     assert add_traversal(street, "sunday") == entry
     assert image.stat().st_mtime_ns == stamp
+
+
+def test_segmentation_training_leaves_the_traversal_out(street_with_sunday, small_street):
+    street, _, _ = street_with_sunday
+    assert recorded_traversals(street) == ["sunday"] and recorded_traversals(small_street) == []
+    assert (street / "labels/sunday").is_dir() and "sunday" not in dataset_images(street)
+    assert set(dataset_images(street)) == set(dataset_images(small_street))
+
+
+def test_an_interrupted_overwrite_is_not_taken_for_a_finished_one(small_street, tmp_path, monkeypatch):
+    street = tmp_path / "street"
+    shutil.copytree(small_street, street)
+    first = add_traversal(street, "sunday", workers=1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr("locseg.synth.traversal.write_condition_pairs", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            add_traversal(street, "sunday", workers=1, overwrite=True)
+    assert recorded_traversals(street) == [] and not list(tmp_path.glob(".*partial"))
+    again = add_traversal(street, "sunday", workers=1)                  # renders it again
+    assert again["correspondence_pairs"] == first["correspondence_pairs"] and recorded_traversals(street) == ["sunday"]
 
 
 def test_bad_inputs_are_refused(small_street, tmp_path):

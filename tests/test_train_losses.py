@@ -337,6 +337,12 @@ def test_the_dense_loss_is_the_cross_entropy_of_the_softmax_over_every_cell():
     single = [dense_matching_loss(map_a, map_b, k, k, 0.5) for k in (centre, between)]
     assert both.item() == pytest.approx(sum(x.item() for x in single) / 2, rel=1e-6)
     assert dense_matching_loss(map_a, map_b, centre[:0], centre[:0]).item() == 0.0
+    # a point in the border half-cell: its target, clamped into the map, is cell (0, 0) alone
+    border = torch.tensor([[0.2, 0.5]])
+    descriptor = torch.tensor([1.0, 0.0, 0.0])                  # the border-extended sample of map a there
+    expected = -torch.log_softmax(descriptor @ map_b.flatten(1) / 0.5, 0)[0]
+    got = dense_matching_loss(map_a, map_b, border, border, temperature=0.5)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_the_dense_loss_falls_as_the_true_cell_stands_out_and_its_target_stays_in_the_map():

@@ -110,6 +110,7 @@ def test_correspondences_can_come_from_folders_whose_labels_are_never_read(small
     assert "labels only (no correspondences/ folder)" in out.output and isinstance(out.exception, InputError)
     out = CliRunner().invoke(train_seg, [*base, "--lambda", "0", "--iterations", "1", "--max-side", "96",
                                          "--correspondences", str(pairs_only / "correspondences"), "--images", str(pairs_only / "images")])
+    assert out.exit_code == 0, out.output
     assert "the 1 --correspondences folder(s) are not read" in out.output
 
 

@@ -14,12 +14,16 @@ to the street directory:
     correspondences-<source>/*.mat                           source-to-condition pairs
     synth.json                                                gains ``traversals[<source>]``
 
-The street's own files are not touched, so models trained or benchmarked on it are
-unaffected. The street is rebuilt from the seed in ``synth.json``; a street whose
+The street's own files are not touched. The traversal's labels are a further
+condition folder, which ``locseg train-seg --dataset`` leaves out of its labelled
+images (``recorded_traversals``); its images are used where its correspondence folder
+is given. The street is rebuilt from the seed in ``synth.json``; a street whose
 stored reference labels the rebuilt scene does not reproduce was made by another
 scene generator and is refused. Everything is rendered into a hidden sibling folder
-first and moved into place at the end, and ``synth.json`` is rewritten last, so an
-interrupted run leaves the street as it was and a second run starts afresh.
+first and moved into place at the end. A traversal counts as added only once
+``synth.json`` records it: that is written last, and with ``overwrite`` the old record
+is removed before any file is replaced, so an interrupted run is never taken for a
+finished one and the next run renders it again.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
     recorded = summary.get("traversals", {}).get(condition)
     if recorded is not None and not overwrite:
         return recorded
+    if recorded is not None:
+        del summary["traversals"][condition]
+        _write_summary(summary_path, summary)
 
     street = plan_street(config)
     _check_scene(root, street.scene, street.reference[0])
@@ -108,10 +115,23 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
     entry = {"images": len(sources), "correspondence_pairs": pairs, "correspondences": folder,
              "parked_cars": CONDITIONS[condition].parked_cars, "generator": generator_digest()}
     summary.setdefault("traversals", {})[condition] = entry
-    partial = summary_path.with_name(summary_path.name + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(partial, summary_path)
+    _write_summary(summary_path, summary)
     return entry
+
+
+def recorded_traversals(street: str | Path) -> list[str]:
+    """The source conditions ``synth.json`` of ``street`` records as added; none if it has no
+    readable ``synth.json`` (any dataset that is not a SynthSeasons street)."""
+    try:
+        return sorted(json.loads((Path(street) / "synth.json").read_text()).get("traversals", {}))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _write_summary(path: Path, summary: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def _check_scene(root: Path, scene, view: View) -> None:

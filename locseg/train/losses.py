@@ -349,8 +349,9 @@ def dense_matching_loss(map_a: torch.Tensor, map_b: torch.Tensor, kp_a: torch.Te
                         temperature: float = 0.05) -> torch.Tensor:
     """Mean cross-entropy of each point's softmax over every cell of map b.
 
-    Point i's descriptor ``d_i = F_a(kp_a[i])`` (bilinear) is compared with every cell
-    of map b; ``p_i = softmax(d_i . F_b / temperature)`` over the ``h w`` cells. Its
+    Point i's descriptor ``d_i = F_a(kp_a[i])`` (bilinear, not renormalised: unit at a
+    cell centre, as short as about 0.7 between four orthogonal cells) is compared with
+    every cell of map b; ``p_i = softmax(d_i . F_b / temperature)`` over the ``h w`` cells. Its
     target ``t_i`` spreads one unit over the (up to) four cells around ``kp_b[i]`` with
     bilinear weights, so a match between cell centres asks for both; near the border
     the cells are clamped into the map. The loss is ``mean_i -sum_k t_ik log p_ik``.
@@ -402,7 +403,8 @@ class FinetuneLossConfig:
             loss sees each level alone; 0 (default) leaves the seed's loss.
         dense_weight: weight of ``dense_matching_loss`` on the whole hypercolumn
             maps; not in seed 002, 0 (default) leaves the seed's loss.
-        dense_temperature: its softmax temperature, in units of cosine similarity.
+        dense_temperature: its softmax temperature, in units of the dot product of
+            unit cells (cosine similarity at cell centres).
     """
 
     margin_pos: float = 0.1

@@ -175,8 +175,12 @@ class LabelledImage:
 
 
 def dataset_images(root: str | Path) -> dict[str, list[LabelledImage]]:
-    """``{condition: images sorted by name}`` of the labelled images of a dataset folder."""
+    """``{condition: images sorted by name}`` of the labelled images of a dataset folder,
+    but for the traversals added to a SynthSeasons street (``locseg synth-traversal``)."""
+    from ..synth.traversal import recorded_traversals
+
     root = Path(root)
+    added = set(recorded_traversals(root))
     labels_dir, images_dir = root / "labels", root / "images"
     if not labels_dir.is_dir() or not images_dir.is_dir():
         raise InputError(f"{root} is not a segmentation dataset: it needs images/ and labels/ folders")
@@ -187,7 +191,8 @@ def dataset_images(root: str | Path) -> dict[str, list[LabelledImage]]:
         if image is None or len(relative.parts) < 2:
             continue
         item = LabelledImage(image, label, image.relative_to(images_dir).as_posix())
-        found.setdefault(item.condition, []).append(item)
+        if item.condition not in added:
+            found.setdefault(item.condition, []).append(item)
     return found
 
 
