@@ -17,6 +17,7 @@ from pathlib import Path
 
 from locseg.evaluate.segmentation import evaluate_segmentation
 from locseg.models.seg_inference import segment_images
+from locseg.synth.traversal import recorded_traversals
 
 
 def main() -> None:
@@ -26,6 +27,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_segmentation"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    added = recorded_traversals(args.dataset)
+    if added:
+        parser.error(f"{args.dataset} carries added traversals ({', '.join(added)}), which every model would be "
+                     "scored on too; judge models on a street without them")
 
     rows = {}
     for item in args.weights:
