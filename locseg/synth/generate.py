@@ -142,9 +142,11 @@ def _write_view(root: Path, view: View, rendered: Rendered) -> None:
     np.save(root / "depth" / f"{view.stem}.npy", rendered.depth)
 
 
-def render_views(config: SynthConfig, views: list[View], roots: list[Path | None], workers: int,
+def render_views(config: SynthConfig, views: list[View], roots: list[Path | None], workers: int | None = None,
                  progress: Progress | None = None) -> list[Rendered]:
-    """Render ``views`` in ``workers`` processes, writing each under its root if not None."""
+    """Render ``views`` in ``workers`` processes (default: up to 2), writing each under its
+    root if not None."""
+    workers = workers or min(2, os.cpu_count() or 1)
     results: list[Rendered] = []
     pool = None
     if workers <= 1:
@@ -191,7 +193,6 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise InputError(f"{out_dir} exists and is not a SynthSeasons street generated with {asdict(config)} "
                          "by this version of locseg; choose another directory or overwrite it")
-    workers = workers or min(2, os.cpu_count() or 1)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -204,11 +205,11 @@ def generate(out_dir: str | Path, seed: int = 0, split: str = "test", size: str 
     rendered, sheet = rendered[: len(dataset_views)], rendered[len(dataset_views):]
     ref_renders = rendered[: len(street.reference)]
     by_name = dict(zip((v.name for v in dataset_views), rendered))
-    rays = {v.camera.to_string(): CameraRays.of(v.camera) for v in [street.reference[0]] + [
-        views[0] for views in street.queries.values()]}
+    rays = street_rays(street)
     n_points = _write_reference(tmp, street, ref_renders, rays[street.reference[0].camera.to_string()], progress)
     _write_lists(tmp, street)
-    n_pairs = _write_correspondences(tmp, street, ref_renders, by_name, rays, progress)
+    n_pairs = write_condition_pairs(tmp / "correspondences", street, street.reference, ref_renders, by_name, rays,
+                                    progress)
     _write_contact_sheet(tmp / "contact_sheet.png", sheet, ["reference", *street.queries])
     summary = {
         "format_version": FORMAT_VERSION, "locseg_version": __version__, "generator": generator_digest(),
@@ -275,10 +276,11 @@ def _write_lists(root: Path, street: Street) -> None:
     write_poses(root / "ground_truth" / "reference.txt", {v.name: v.T_cam_from_world for v in street.reference})
 
 
-def _write_correspondences(root: Path, street: Street, ref_renders: list[Rendered], by_name: dict,
-                           rays: dict, progress: Progress | None) -> int:
-    return write_condition_pairs(root / "correspondences", street, street.reference, ref_renders, by_name, rays,
-                                 progress)
+def street_rays(street: Street) -> dict[str, CameraRays]:
+    """The rays of every camera of ``street`` (the reference's, shared by source traversals,
+    and each query condition's), keyed by ``Camera.to_string()``."""
+    cameras = [street.reference[0].camera] + [views[0].camera for views in street.queries.values()]
+    return {camera.to_string(): CameraRays.of(camera) for camera in cameras}
 
 
 def write_condition_pairs(folder: Path, street: Street, sources: list[View], source_renders: list[Rendered],

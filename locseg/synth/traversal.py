@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import InputError, RegistryError
 from ..evaluate.segmentation import read_label_png
+from ..io._common import atomic_write_text
 from ..io.poses import write_poses
 from .conditions import CONDITIONS, SOURCE_CONDITIONS
 from .generate import (
@@ -46,9 +47,9 @@ from .generate import (
     generator_digest,
     plan_street,
     render_views,
+    street_rays,
     write_condition_pairs,
 )
-from .raycast import CameraRays
 from .render import render
 from .trajectory import View
 
@@ -84,7 +85,7 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
         return recorded
     if recorded is not None:
         del summary["traversals"][condition]
-        _write_summary(summary_path, summary)
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
 
     street = plan_street(config)
     _check_scene(root, street.scene, street.reference[0])
@@ -96,13 +97,12 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
     tmp.mkdir()
     try:
         renders = render_views(config, sources + query_views, [tmp] * len(sources) + [None] * len(query_views),
-                               workers or min(2, os.cpu_count() or 1), progress)
+                               workers, progress)
         source_renders = renders[: len(sources)]
         by_name = dict(zip((v.name for v in query_views), renders[len(sources):]))
-        rays = {v.camera.to_string(): CameraRays.of(v.camera)
-                for v in [sources[0]] + [views[0] for views in street.queries.values()]}
         folder = f"correspondences-{condition}"
-        pairs = write_condition_pairs(tmp / folder, street, sources, source_renders, by_name, rays, progress)
+        pairs = write_condition_pairs(tmp / folder, street, sources, source_renders, by_name, street_rays(street),
+                                      progress)
         write_poses(tmp / f"{condition}.txt", {v.name: v.T_cam_from_world for v in sources})
         moves = [(tmp / kind / condition, root / kind / condition) for kind in ("images", "labels", "depth")]
         moves += [(tmp / folder, root / folder), (tmp / f"{condition}.txt", root / "ground_truth" / f"{condition}.txt")]
@@ -115,7 +115,7 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
     entry = {"images": len(sources), "correspondence_pairs": pairs, "correspondences": folder,
              "parked_cars": CONDITIONS[condition].parked_cars, "generator": generator_digest()}
     summary.setdefault("traversals", {})[condition] = entry
-    _write_summary(summary_path, summary)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return entry
 
 
@@ -126,12 +126,6 @@ def recorded_traversals(street: str | Path) -> list[str]:
         return sorted(json.loads((Path(street) / "synth.json").read_text()).get("traversals", {}))
     except (OSError, ValueError, AttributeError):
         return []
-
-
-def _write_summary(path: Path, summary: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def _check_scene(root: Path, scene, view: View) -> None:

@@ -372,12 +372,13 @@ def dense_matching_loss(map_a: torch.Tensor, map_b: torch.Tensor, kp_a: torch.Te
     u, v = kp_b[:, 0] - 0.5, kp_b[:, 1] - 0.5                                             # array coordinates
     u0, v0 = u.floor(), v.floor()
     fu, fv = u - u0, v - v0
-    target = torch.zeros_like(logits)
+    log_p = torch.log_softmax(logits, dim=1)
+    loss = logits.new_zeros(len(kp_b))
     for du, dv, weight in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
         column = (u0 + du).clamp(0, width - 1).long()
         row = (v0 + dv).clamp(0, height - 1).long()
-        target.scatter_add_(1, (row * width + column)[:, None], weight[:, None].to(logits.dtype))
-    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        loss = loss - weight.to(logits.dtype) * log_p.gather(1, (row * width + column)[:, None])[:, 0]
+    return loss.mean()
 
 
 # --------------------------------------------------------------------------- total
