@@ -182,3 +182,22 @@ def test_checkpoint_without_a_source_record_still_resumes(small_street, tmp_path
     torch.save(checkpoint, partial)
     resumed = load_checkpoint(_run(small_street, partial, resume=True))
     assert resumed.step == 3 and resumed.metrics["sources"]["pairs"] > 0
+
+
+def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path):
+    """--init is not read again on --resume (the checkpoint sets every weight), so a run
+    started from a relative path resumes from another directory, or after the file moved."""
+    first = _run(small_street, tmp_path / "first.pt", dataclasses.replace(FAST, iterations=1, validate_every=0))
+    init = first.with_suffix(".safetensors")
+    config = dataclasses.replace(FAST, init=str(init))
+    straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt", config))
+    partial = tmp_path / "partial.pt"
+    _run(small_street, partial, dataclasses.replace(config, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
+    torch.save(checkpoint, partial)
+    init.rename(tmp_path / "moved.safetensors")
+    resumed = load_checkpoint(_run(small_street, partial, config, resume=True))
+    assert [h["total"] for h in resumed.metrics["history"]] == [h["total"] for h in straight.metrics["history"]]
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

@@ -113,3 +113,21 @@ def test_recall_counts_a_reference_near_the_true_pose(small_street, monkeypatch)
     monkeypatch.setattr(retrieval_eval, "describe", oracle)
     recall = retrieval_eval.retrieval_recall(RetrievalModel(), small_street, whiten=False, angle=90.0)
     assert recall["all"][1] == 100.0 and set(recall) >= {"all", "night", "snow"}
+
+
+def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path):
+    """--init is not read again on --resume, nor k-means run: the checkpoint sets every weight."""
+    first = train_retrieval([small_street], tmp_path / "first.pt", dataclasses.replace(FAST, iterations=1))
+    init = first.with_suffix(".safetensors")
+    config = dataclasses.replace(FAST, init=str(init))
+    straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", config))
+    partial = tmp_path / "partial.pt"
+    train_retrieval([small_street], partial, dataclasses.replace(config, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
+    torch.save(checkpoint, partial)
+    init.rename(tmp_path / "moved.safetensors")
+    resumed = load_checkpoint(train_retrieval([small_street], partial, config, resume=True))
+    assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

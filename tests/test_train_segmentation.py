@@ -214,3 +214,23 @@ def test_the_bundled_segmentation_models_load_by_name_and_segment(name):
     assert (model.stride, model.config.head_layer) == (8, 23)
     with torch.no_grad():
         assert model.predict(torch.zeros(1, 3, 64, 96)).shape == (1, 19, 64, 96)
+
+
+def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path):
+    """The checkpoint sets every weight, so --init is not read again on --resume: a run
+    started from a relative path resumes from another directory, or after the file moved."""
+    first = train_segmentation([small_street], tmp_path / "first.pt", dataclasses.replace(TINY, iterations=2))
+    init = first.with_suffix(".safetensors")
+    config = dataclasses.replace(TINY, iterations=6, init=str(init))
+    straight = load_checkpoint(train_segmentation([small_street], tmp_path / "straight.pt", config))
+
+    def kill_at_step_4(stage, done, total, parts):
+        if done == 4:
+            raise Killed
+    with pytest.raises(Killed):
+        train_segmentation([small_street], tmp_path / "killed.pt", config, progress=kill_at_step_4)
+    init.rename(tmp_path / "moved.safetensors")
+    resumed = load_checkpoint(train_segmentation([small_street], tmp_path / "killed.pt", config, resume=True))
+    assert resumed.metrics["history"] == straight.metrics["history"]
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

@@ -107,10 +107,13 @@ class _Subset:
         return self.pairs[self.indices[i]]
 
 
-def build_model(config: FinetuneConfig) -> Hypercolumns:
-    """The backbone named in ``config``, with ``config.init`` weights if given, else
-    initialised from ``config.seed`` (without touching the caller's random state)."""
-    return load_hypercolumns(config.backbone, config.init, config.layers, config.seed, config.hypercolumn_norm)
+def build_model(config: FinetuneConfig, from_init: bool = True) -> Hypercolumns:
+    """The backbone named in ``config``, with ``config.init`` weights if given (and
+    ``from_init``), else initialised from ``config.seed`` (without touching the caller's
+    random state). A resumed run passes ``from_init=False``: its checkpoint sets every
+    weight, so the init weights are not read and need not be found again."""
+    weights = config.init if from_init else None
+    return load_hypercolumns(config.backbone, weights, config.layers, config.seed, config.hypercolumn_norm)
 
 
 def level_maps(model: Hypercolumns, image: torch.Tensor,
@@ -166,7 +169,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     device = resolve_device(device)
     pairs = CorrespondencePairs(correspondences, images, config.max_side)
     train_ids, validation_ids = split_pairs(len(pairs), config.validation_pairs)
-    model = build_model(config).to(device)
+    model = build_model(config, from_init=not resume).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume, sources={"folders": pairs.sources, "pairs": len(pairs)})
 

@@ -241,16 +241,21 @@ class LocalFeatureCache:
         return self.samples[list(indices)].float().transpose(1, 2)[..., None]
 
 
-def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: bool = False) -> RetrievalModel:
+def build_model(config: RetrievalConfig, places: PlaceImages, require_netvlad: bool = False,
+                from_init: bool = True) -> RetrievalModel:
     """The model, from ``config.init`` weights or seeded random weights with NetVLAD
     initialised by k-means on conv5_3 descriptors of a few training images.
 
     ``require_netvlad`` refuses weights without a trained NetVLAD layer (for evaluation,
     where a layer initialised on the evaluation images would be reported as trained).
+    ``from_init=False`` builds the seeded architecture alone, for a resumed run whose
+    checkpoint sets every weight: neither ``config.init`` nor k-means is needed then.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = RetrievalModel(config.backbone, config.clusters, config.source, normalization=config.hypercolumn_norm)
+    if not from_init:
+        return model
     if config.init:
         state = load_state_dict(config.init)
         backbone = {k: v for k, v in state.items() if k.startswith("features.")}
@@ -334,7 +339,7 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     if len(anchors) == 0:
         raise InputError("no image has both a positive in another traversal and a negative farther than "
                          f"{config.negative_radius} m; check positive_radius, positive_angle and negative_radius")
-    model = build_model(config, places).to(device)
+    model = build_model(config, places, from_init=not resume).to(device)
     if config.freeze_backbone:
         model.backbone.requires_grad_(False)
 

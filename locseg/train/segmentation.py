@@ -295,15 +295,16 @@ def orient(sample: PairSample, reference_condition: str) -> PairSample:
 
 # --------------------------------------------------------------------------- model
 
-def build_model(config: SegConfig) -> SegmentationModel:
+def build_model(config: SegConfig, from_init: bool = True) -> SegmentationModel:
     """The model of ``config``: heads initialised from ``config.seed`` (without touching
     the caller's random state), the backbone from ``config.init`` when given. When
     ``config.init`` is a whole segmentation model of this architecture (heads included),
-    every weight comes from it, so a run continues a trained model."""
+    every weight comes from it, so a run continues a trained model. A resumed run passes
+    ``from_init=False``: its checkpoint sets every weight, so ``config.init`` is not read."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = SegmentationModel(config.model_config())
-    if config.init:
+    if config.init and from_init:
         state = load_state_dict(config.init)
         if any(key.startswith("head.") for key in state):
             wrong, _ = state_mismatch(model, state)    # keys of the file the model lacks are ignored
@@ -452,7 +453,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     images = ResizedImages(config.max_side)
     pairs = _pairs(datasets, extra_correspondences, images) if config.correspondence_weight > 0 else None
     weight = labelled_class_weights(training_images, images, config.class_balance) if config.class_balance else None
-    model = build_model(config).to(device)
+    model = build_model(config, from_init=not resume).to(device)
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
     run = Run.start(output, config, model, optimizer, resume, sources=_source_record(datasets, pairs))
