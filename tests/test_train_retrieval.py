@@ -11,6 +11,9 @@ import torch
 from locseg.errors import InputError
 from locseg.evaluate import retrieval as retrieval_eval
 from locseg.io.poses import read_poses
+from locseg.models.backbone import build_backbone
+from locseg.models.load import weights_digest
+from locseg.models.weights import read_safetensors_metadata, save_safetensors
 from locseg.train.checkpoint import load_checkpoint
 from locseg.train.retrieval import (
     LocalFeatureCache,
@@ -116,18 +119,22 @@ def test_recall_counts_a_reference_near_the_true_pose(small_street, monkeypatch)
 
 
 def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path):
-    """--init is not read again on --resume, nor k-means run: the checkpoint sets every weight."""
-    first = train_retrieval([small_street], tmp_path / "first.pt", dataclasses.replace(FAST, iterations=1))
-    init = first.with_suffix(".safetensors")
-    config = dataclasses.replace(FAST, init=str(init))
+    """--init is not read again on --resume, nor k-means run: the checkpoint sets every weight,
+    and a head on frozen hypercolumns keeps the digest of its init taken at the start."""
+    init = tmp_path / "features.safetensors"   # a backbone alone: NetVLAD starts from k-means
+    save_safetensors(build_backbone("vgg16-slim").state_dict(), init)
+    config = dataclasses.replace(FAST, init=str(init), source="hypercolumns", freeze_backbone=True,
+                                 cache_positions=64)
     straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", config))
     partial = tmp_path / "partial.pt"
     train_retrieval([small_street], partial, dataclasses.replace(config, iterations=2))
     checkpoint = torch.load(partial, weights_only=True)
     checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
     torch.save(checkpoint, partial)
+    digest = weights_digest(str(init))
     init.rename(tmp_path / "moved.safetensors")
     resumed = load_checkpoint(train_retrieval([small_street], partial, config, resume=True))
     assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
+    assert read_safetensors_metadata(partial.with_suffix(".safetensors"))["init_digest"] == digest

@@ -347,6 +347,9 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume,
                     sources={"streets": [str(Path(s).resolve()) for s in streets], "images": len(places.paths)})
+    if _pools_init_hypercolumns(config) and "init_digest" not in run.metrics:
+        # Fingerprinted now, while --init is at hand: a resumed run does not read it again.
+        run.metrics["init_digest"] = weights_digest(config.init)
     cache = None  # built after the resume checks, which it may take minutes to reach
     if config.freeze_backbone:
         cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,
@@ -393,20 +396,27 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
-    export_weights(model, output.with_suffix(".safetensors"), config)
+    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
     return output
 
 
-def export_weights(model: RetrievalModel, path: Path, config: RetrievalConfig) -> Path:
+def _pools_init_hypercolumns(config: RetrievalConfig) -> bool:
+    """Whether the head pools the frozen hypercolumns of ``config.init`` (exported without a backbone)."""
+    return bool(config.freeze_backbone and config.source == "hypercolumns" and config.init)
+
+
+def export_weights(model: RetrievalModel, path: Path, config: RetrievalConfig,
+                   init_digest: str | None = None) -> Path:
     """``netvlad.*`` tensors, plus ``backbone.*`` unless the backbone was frozen on the
     hypercolumn weights ``config.init`` (then the localizer pools its own hypercolumns,
-    and the metadata's ``init_digest`` lets it check they are the same weights)."""
+    and the metadata's ``init_digest`` lets it check they are the same weights; given, or
+    else computed from ``config.init``)."""
     state = {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
     metadata = {"backbone": config.backbone, "source": config.source, "recipe": json.dumps(config.to_dict())}
     if config.source == "hypercolumns":
         metadata["hypercolumn_norm"] = config.hypercolumn_norm
-    if config.freeze_backbone and config.source == "hypercolumns" and config.init:
-        metadata["init_digest"] = weights_digest(config.init)
+    if _pools_init_hypercolumns(config):
+        metadata["init_digest"] = init_digest or weights_digest(config.init)
     else:
         state |= {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     return save_safetensors(state, path, metadata=metadata)
