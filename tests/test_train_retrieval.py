@@ -30,6 +30,15 @@ FAST = RetrievalConfig(max_side=96, iterations=3, checkpoint_every=1, negative_r
                        positive_candidates=2, negative_candidates=3, hardest_negatives=2, lr=1e-3)
 
 
+def _killed_after_two_of_three_steps(street, partial, config):
+    """Train ``config`` for 2 steps into ``partial``, then make its checkpoint that of a
+    3-step run killed after its step 2."""
+    train_retrieval([street], partial, dataclasses.replace(config, iterations=2))
+    checkpoint = torch.load(partial, weights_only=True)
+    checkpoint["config"]["iterations"] = 3
+    torch.save(checkpoint, partial)
+
+
 def test_triplet_loss_by_hand():
     a, p = torch.tensor([1.0, 0.0]), torch.tensor([0.8, 0.6])   # |a - p| = sqrt(0.4)
     negatives = torch.tensor([[0.0, 1.0], [0.6, 0.8]])           # |a - n| = sqrt(2), sqrt(0.8)
@@ -53,10 +62,7 @@ def test_positives_and_negatives_follow_the_poses(small_street):
 def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
     straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", FAST))
     partial = tmp_path / "partial.pt"
-    train_retrieval([small_street], partial, dataclasses.replace(FAST, iterations=2))
-    checkpoint = torch.load(partial, weights_only=True)
-    checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
-    torch.save(checkpoint, partial)
+    _killed_after_two_of_three_steps(small_street, partial, FAST)
     with pytest.raises(InputError, match="trained on other data"):  # the checkpoint records its streets
         train_retrieval([small_street, small_street], partial, FAST, resume=True)
     resumed = load_checkpoint(train_retrieval([small_street], partial, FAST, resume=True))
@@ -90,10 +96,7 @@ def test_frozen_training_uses_the_cache_resumes_exactly_and_keeps_the_backbone(s
     config = dataclasses.replace(FAST, source="hypercolumns", freeze_backbone=True, cache_positions=64)
     straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", config))
     partial = tmp_path / "partial.pt"
-    train_retrieval([small_street], partial, dataclasses.replace(config, iterations=2))
-    checkpoint = torch.load(partial, weights_only=True)
-    checkpoint["config"]["iterations"] = 3
-    torch.save(checkpoint, partial)
+    _killed_after_two_of_three_steps(small_street, partial, config)
     resumed = load_checkpoint(train_retrieval([small_street], partial, config, resume=True))
     assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
     initial = build_model(config, PlaceImages.from_streets([small_street]))
@@ -127,10 +130,7 @@ def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path)
                                  cache_positions=64)
     straight = load_checkpoint(train_retrieval([small_street], tmp_path / "straight.pt", config))
     partial = tmp_path / "partial.pt"
-    train_retrieval([small_street], partial, dataclasses.replace(config, iterations=2))
-    checkpoint = torch.load(partial, weights_only=True)
-    checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
-    torch.save(checkpoint, partial)
+    _killed_after_two_of_three_steps(small_street, partial, config)
     digest = weights_digest(str(init))
     init.rename(tmp_path / "moved.safetensors")
     resumed = load_checkpoint(train_retrieval([small_street], partial, config, resume=True))
