@@ -14,6 +14,7 @@ from locseg.train.seg_losses import CORRESPONDENCE_LOSSES
 from locseg.train.segmentation import (
     BACKBONE_MODES,
     DEFAULT_BACKBONE_WEIGHTS,
+    NON_STATIONARY_NAMES,
     SegConfig,
     has_correspondences,
     train_segmentation,
@@ -66,6 +67,9 @@ _DEFAULTS = SegConfig()
 @click.option("--min-confidence", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.min_confidence,
               show_default=True,
               help="Drop correspondences whose reference prediction has a lower softmax probability (0: keep all).")
+@click.option("--keep-class", "keep_classes", type=click.Choice(NON_STATIONARY_NAMES), multiple=True,
+              help="A non-stationary class whose correspondences the filter keeps (e.g. car, when the pairs only "
+                   "join a car that stayed parked); repeat for several.")
 @click.option("--warmup", type=click.IntRange(min=0), default=_DEFAULTS.warmup, show_default=True,
               help="Steps on labels alone before the correspondence loss starts.")
 @click.option("--crop", type=click.IntRange(min=32), default=None,
@@ -80,7 +84,8 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
               backbone_lr_scale: float | None,
               head_layer: int, aux_layer: int, class_balance: float, balance_correspondences: bool,
               correspondence_loss: str,
-              correspondence_weight: float, margin: float, min_confidence: float, warmup: int, crop: int | None,
+              correspondence_weight: float, margin: float, min_confidence: float,
+              keep_classes: tuple[str, ...], warmup: int, crop: int | None,
               labels_per_condition: int, reference_condition: str, validate_every: int, device: torch.device) -> None:
     """Train a PSPNet-style segmentation head on labels and cross-condition correspondences (seed 000)."""
     if len(correspondences) != len(images):
@@ -92,7 +97,7 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
                        balance_correspondences=balance_correspondences,
                        max_side=max_side, crop=crop, checkpoint_every=checkpoint_every, seed=seed,
                        correspondence_loss=correspondence_loss, correspondence_weight=correspondence_weight,
-                       margin=margin, min_confidence=min_confidence, warmup=warmup, labels_per_condition=labels_per_condition,
+                       margin=margin, min_confidence=min_confidence, keep_classes=keep_classes, warmup=warmup, labels_per_condition=labels_per_condition,
                        reference_condition=reference_condition, validate_every=validate_every)
     if correspondence_weight > 0:
         for dataset in datasets:

@@ -1,5 +1,6 @@
-"""``locseg synth`` and ``locseg synth-traversal``: generate a SynthSeasons street, and add a
-further source traversal to one."""
+"""``locseg synth``, ``locseg synth-traversal`` and ``locseg synth-sky-pairs``: generate a
+SynthSeasons street, add a further source traversal to one, and add sky points to its
+correspondences."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 
 from locseg.synth.conditions import SOURCE_CONDITIONS
 from locseg.synth.generate import SPLITS, generate
+from locseg.synth.sky_pairs import SkyPairConfig, add_sky_pairs
 from locseg.synth.trajectory import SIZES
 from locseg.synth.traversal import add_traversal
 
@@ -56,4 +58,23 @@ def synth_traversal(street: Path, condition: str, workers: int | None, overwrite
                f"pairs in {street / entry['correspondences']} ({time.perf_counter() - start:.1f} s)")
 
 
-COMMANDS = [synth, synth_traversal]
+@click.command("synth-sky-pairs")
+@click.argument("street", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--stride", type=click.IntRange(min=1), default=SkyPairConfig.stride, show_default=True,
+              help="Pixel grid of the reference's sky points.")
+@click.option("--margin", type=click.IntRange(min=0), default=SkyPairConfig.margin, show_default=True,
+              help="Pixels the reference's sky is eroded by.")
+@click.option("--guard", type=click.IntRange(min=0), default=SkyPairConfig.guard, show_default=True,
+              help="Pixels around the reference's surfaces, projected into the query, where no sky point is kept.")
+@click.option("--overwrite", is_flag=True, help="Write them again if STREET already has them.")
+def synth_sky_pairs(street: Path, stride: int, margin: int, guard: int, overwrite: bool) -> None:
+    """Add correspondences at infinity, on the reference's sky, to every pair of the
+    SynthSeasons street STREET, in STREET/correspondences-with-sky."""
+    start = time.perf_counter()
+    with stage_progress() as progress:
+        record = add_sky_pairs(street, SkyPairConfig(stride, margin, guard), overwrite=overwrite, progress=progress)
+    click.echo(f"{street}: {record['points']} sky points added to {record['pairs']} pairs in "
+               f"{street / record['correspondences']} ({time.perf_counter() - start:.1f} s)")
+
+
+COMMANDS = [synth, synth_traversal, synth_sky_pairs]

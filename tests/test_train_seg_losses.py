@@ -92,6 +92,21 @@ def test_correspondence_loss_drops_non_stationary_reference_pixels():
         correspondence_loss("ce", reference, target, points, target_points[:2])
 
 
+def test_kept_classes_pass_the_non_stationary_filter():
+    """With car (13) taken out of the filtered classes, the car's pair counts: CE over 3 points."""
+    reference_logits = torch.nn.functional.one_hot(torch.tensor([0, 13, 11]), NUM_CLASSES).float() * 5
+    target_logits = torch.zeros(3, NUM_CLASSES, requires_grad=True)
+    features = torch.ones(3, 2)
+    reference, target = _output(reference_logits, features), _output(target_logits, features)
+    points = torch.tensor([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5]])
+    filtered = tuple(c for c in range(11, 19) if c != 13)
+    assert stationary(reference_logits, filtered).tolist() == [True, True, False]   # the person stays out
+    loss, used = correspondence_loss("ce", reference, target, points, points, non_stationary=filtered)
+    assert used == 2 and loss.item() == pytest.approx(math.log(NUM_CLASSES))
+    loss.backward()
+    assert target_logits.grad[1].abs().max() > 0 and target_logits.grad[2].abs().max() < 1e-6
+
+
 def test_confidence_filter_by_hand():
     """Two classes: logits (a, 0) give the predicted class probability 1 / (1 + e^-a)."""
     logits = torch.zeros(3, NUM_CLASSES)

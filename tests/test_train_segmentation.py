@@ -148,15 +148,23 @@ def test_the_confidence_threshold_is_a_probability_below_one():
             SegConfig(min_confidence=bad)
 
 
+def test_kept_classes_leave_the_filtered_ones():
+    assert SegConfig().filtered_classes == tuple(range(11, 19))
+    assert SegConfig(keep_classes=["car", "bus"]).filtered_classes == (11, 12, 14, 16, 17, 18)
+    with pytest.raises(InputError, match="'road' is not a non-stationary class; valid: person, rider, car"):
+        SegConfig(keep_classes=("road",))
+
+
 def test_commands_end_to_end(small_street, tmp_path):
     weights = tmp_path / "seg.safetensors"
     out = CliRunner().invoke(train_seg, ["--dataset", str(small_street), "--output", str(weights.with_suffix(".pt")),
                                          "--iterations", "2", "--warmup", "1", "--max-side", "96",
                                          "--backbone-mode", "frozen", "--loss", "hinge-f", "--validate-every", "2",
-                                         "--labels-per-condition", "1"])
+                                         "--labels-per-condition", "1", "--keep-class", "car"])
     assert out.exit_code == 0, out.output
     config = load_checkpoint(weights.with_suffix(".pt")).config
     assert config["correspondence_loss"] == "hinge-f" and config["backbone_mode"] == "frozen"
+    assert config["keep_classes"] == ["car"]
     assert weights.is_file() and weights.with_suffix(".best.safetensors").is_file()
     names = tmp_path / "names.txt"
     names.write_text("reference/cam0/000003.png\nnight/cam1/000001.png\n")

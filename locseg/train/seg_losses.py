@@ -144,7 +144,8 @@ def combine(supervised: torch.Tensor, correspondence: torch.Tensor, weight: floa
 
 def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, points_reference: torch.Tensor,
                         points_target: torch.Tensor, margin: float = HINGE_MARGIN,
-                        weight: torch.Tensor | None = None, min_confidence: float = 0.0) -> tuple[torch.Tensor, int]:
+                        weight: torch.Tensor | None = None, min_confidence: float = 0.0,
+                        non_stationary: tuple[int, ...] = NON_STATIONARY) -> tuple[torch.Tensor, int]:
     """One correspondence loss between a reference and a target image, after the non-stationary
     filter and, with ``min_confidence`` > 0, the confidence filter.
 
@@ -155,6 +156,7 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
         points_reference, points_target: (N, 2) corresponding COLMAP pixels of the two inputs.
         weight: (C,) class weights applied by the reference's predicted class, or None.
         min_confidence: drop correspondences whose reference prediction is less sure (``confident``).
+        non_stationary: the trainIds the non-stationary filter drops (``stationary``).
     Returns:
         the loss (0 when no correspondence is left) and how many correspondences it used.
     """
@@ -169,7 +171,7 @@ def correspondence_loss(kind: str, reference: SegOutput, target: SegOutput, poin
         return sample_feature_map(getattr(out, name), points[None], out.stride)[0]
 
     reference_logits = at(reference, "logits", points_reference).detach()
-    keep = stationary(reference_logits)
+    keep = stationary(reference_logits, non_stationary)
     if min_confidence > 0:
         keep &= confident(reference_logits, min_confidence)
     points_reference, points_target = points_reference[keep], points_target[keep]

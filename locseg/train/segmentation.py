@@ -60,7 +60,9 @@ from ..evaluate.segmentation import SegAccumulator, SegEvaluation, read_label_pn
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.segmentation import (
     AUX_LAYER,
+    CLASSES,
     HEAD_LAYER,
+    NON_STATIONARY,
     NUM_CLASSES,
     SegmentationModel,
     SegModelConfig,
@@ -86,6 +88,7 @@ DEFAULT_TRAIN_SIDE = 512    # longer side of training inputs: SynthSeasons' own 
 MIN_POINTS = 8              # fewer correspondences left after the filter: no correspondence loss
 _BACKBONE_LR_SCALE = {"frozen": 0.0, "finetune": 0.1, "separate": 1.0}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NON_STATIONARY_NAMES = tuple(CLASSES[c] for c in NON_STATIONARY)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class SegConfig:
     warmup: int = 500
     margin: float = 0.8
     min_confidence: float = 0.0           # drop correspondences whose reference prediction is less sure (0: keep all)
+    keep_classes: tuple[str, ...] = ()    # non-stationary classes whose correspondences the filter keeps (e.g. car)
     max_points: int = 4096
     reference_condition: str = "reference"
     labels_per_condition: int = 5
@@ -131,6 +135,11 @@ class SegConfig:
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
         if self.balance_correspondences and self.class_balance == 0:
             raise InputError("balance_correspondences needs class weights: set class_balance > 0 (e.g. 0.5)")
+        object.__setattr__(self, "keep_classes", tuple(self.keep_classes))
+        for name in self.keep_classes:
+            if name not in NON_STATIONARY_NAMES:
+                raise InputError(f"keep_classes: {name!r} is not a non-stationary class; valid: "
+                                 f"{', '.join(NON_STATIONARY_NAMES)}")
         if not 0 <= self.min_confidence < 1:
             raise InputError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
         if self.crop is not None and self.crop < 32:
@@ -150,6 +159,11 @@ class SegConfig:
         elif self.backbone_mode == "frozen" and self.backbone_lr_scale > 0:
             raise InputError(f"backbone mode 'frozen' trains no backbone, but backbone_lr_scale is "
                              f"{self.backbone_lr_scale}; use backbone mode 'finetune' or 'separate'")
+
+    @property
+    def filtered_classes(self) -> tuple[int, ...]:
+        """The trainIds the non-stationary filter drops: ``NON_STATIONARY`` but ``keep_classes``."""
+        return tuple(c for c in NON_STATIONARY if CLASSES[c] not in self.keep_classes)
 
     def model_config(self) -> SegModelConfig:
         return SegModelConfig(backbone=self.backbone, head_layer=self.head_layer, aux_layer=self.aux_layer,
@@ -380,7 +394,7 @@ def correspondence_term(model: SegmentationModel, sample: PairSample, config: Se
     model.train(training)
     target = model(sample.image_b[None])
     loss, used = correspondence_loss(config.correspondence_loss, reference, target, points_r, points_t, config.margin,
-                                     weight, config.min_confidence)
+                                     weight, config.min_confidence, config.filtered_classes)
     if used < MIN_POINTS:
         loss = loss * 0
     return loss, {"corr": float(loss.detach()), "points": float(used)}
