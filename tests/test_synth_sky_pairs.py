@@ -15,7 +15,6 @@ from locseg.geometry.camera import Camera
 from locseg.io.correspondences import iter_correspondence_files, read_correspondences
 from locseg.synth.raycast import CameraRays
 from locseg.synth.sky_pairs import (
-    SKY,
     SKY_FOLDER,
     SkyPairConfig,
     add_sky_pairs,
@@ -39,15 +38,15 @@ def test_sky_maps_by_the_rotation_alone():
     """All sky, no surface: every grid point maps by K R_q R_r^T K^-1, whatever the baseline."""
     reference = _view("reference/cam0/0.png", (0, 0, 1.5), 0.0)
     query = _view("night/cam1/0.png", (0.7, 2.0, 1.6), 4.0, 2.0)
-    labels, depth = np.full((96, 128), SKY, np.uint8), np.zeros((96, 128), np.float32)
+    depth = np.zeros((96, 128), np.float32)
     config = SkyPairConfig(stride=8, margin=0, guard=0)
-    uv_ref, uv_query = sky_points(reference, labels, depth, query, _rays(), config)
+    uv_ref, uv_query = sky_points(reference, depth, query, _rays(), config)
     assert len(uv_ref) > 100 and np.all(uv_ref[:2, 1] == 4.5)       # the stride-8 grid, pixel centres
     K = CAMERA.K().double().numpy()
     R = query.T_cam_from_world.R.double().numpy() @ reference.T_cam_from_world.R.double().numpy().T
     mapped = np.c_[uv_ref, np.ones(len(uv_ref))] @ (K @ R @ np.linalg.inv(K)).T
     np.testing.assert_allclose(uv_query, mapped[:, :2] / mapped[:, 2:], atol=1e-3)
-    same, same_query = sky_points(reference, labels, depth, reference, _rays(), config)
+    same, same_query = sky_points(reference, depth, reference, _rays(), config)
     np.testing.assert_allclose(same_query, same, atol=1e-4)  # float32 rays
 
 
@@ -57,16 +56,24 @@ def test_surfaces_in_front_of_the_sky_are_guarded():
     sky points are dropped, and with a guard of g pixels, those within g of the edge too."""
     reference = _view("reference/cam0/0.png", (0, 0, 1.5), 0.0)
     query = _view("night/cam1/0.png", (0, 1.0, 1.5), 0.0)   # yaw 0 looks along +x; +y is to the left
-    labels = np.full((96, 128), SKY, np.uint8)
     depth = np.zeros((96, 128), np.float32)
-    labels[:, :64], depth[:, :64] = 2, 4.0
+    depth[:, :64] = 4.0
     wall_edge_in_query = 64 + 100 * 1.0 / 4.0
     for guard in (0, 6):
-        uv_ref, uv_query = sky_points(reference, labels, depth, query, _rays(), SkyPairConfig(2, 0, guard))
+        uv_ref, uv_query = sky_points(reference, depth, query, _rays(), SkyPairConfig(2, 0, guard))
         columns = np.arange(65, 128, 2) + 0.5               # the stride-2 grid's sky columns
-        kept = columns[columns > wall_edge_in_query + guard]
-        assert sorted(set(uv_ref[:, 0])) == pytest.approx(kept, abs=1.0)   # the edge pixel may go either way
+        assert sorted(set(uv_ref[:, 0])) == list(columns[columns > wall_edge_in_query + guard])
         np.testing.assert_allclose(uv_query, uv_ref, atol=1e-3)           # no rotation: x_q = x_r
+
+
+def test_the_margin_keeps_points_off_the_sky_edge_but_not_off_the_image_border():
+    reference = _view("reference/cam0/0.png", (0, 0, 1.5), 0.0)
+    depth = np.zeros((96, 128), np.float32)
+    depth[60:, :] = 5.0                                   # sky above row 60
+    uv_ref, _ = sky_points(reference, depth, reference, _rays(), SkyPairConfig(1, 4, 0))
+    rows, cols = uv_ref[:, 1] - 0.5, uv_ref[:, 0] - 0.5
+    assert rows.min() == 0 and rows.max() == 55 and cols.min() == 0 and cols.max() == 127
+    assert len(uv_ref) == 56 * 128
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +110,20 @@ def test_a_recorded_folder_is_kept_and_bad_streets_refused(street_with_sky, tmp_
     assert add_sky_pairs(street) == record and (street / SKY_FOLDER).stat().st_mtime_ns == stamp
     with pytest.raises(InputError, match="not a SynthSeasons street"):
         add_sky_pairs(tmp_path)
+
+
+def test_overwrite_and_other_streets(small_street, tmp_path):
+    street = tmp_path / "street"
+    shutil.copytree(small_street, street)
+    first = add_sky_pairs(street, SkyPairConfig(stride=6))
+    again = add_sky_pairs(street, SkyPairConfig(stride=3), overwrite=True)
+    assert again["stride"] == 3 and again["points"] > 3 * first["points"]
+    assert not list(street.glob(".*partial"))
+    depth = street / "depth/reference/cam0/000000.npy"      # a street another generator made
+    np.save(depth, np.load(depth) * 1.1)
+    with pytest.raises(InputError, match="another SynthSeasons scene generator"):
+        add_sky_pairs(street, overwrite=True)
+    assert json.loads((street / "synth.json").read_text()).get("sky_pairs") == again
 
 
 def test_cli(small_street, tmp_path):

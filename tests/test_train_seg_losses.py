@@ -93,7 +93,8 @@ def test_correspondence_loss_drops_non_stationary_reference_pixels():
 
 
 def test_kept_classes_pass_the_non_stationary_filter():
-    """With car (13) taken out of the filtered classes, the car's pair counts: CE over 3 points."""
+    """With car (13) taken out of the filtered classes, the car's pair counts beside the road's;
+    the person's (11) is still dropped."""
     reference_logits = torch.nn.functional.one_hot(torch.tensor([0, 13, 11]), NUM_CLASSES).float() * 5
     target_logits = torch.zeros(3, NUM_CLASSES, requires_grad=True)
     features = torch.ones(3, 2)

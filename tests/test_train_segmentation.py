@@ -151,8 +151,11 @@ def test_the_confidence_threshold_is_a_probability_below_one():
 def test_kept_classes_leave_the_filtered_ones():
     assert SegConfig().filtered_classes == tuple(range(11, 19))
     assert SegConfig(keep_classes=["car", "bus"]).filtered_classes == (11, 12, 14, 16, 17, 18)
+    assert SegConfig(keep_classes=["car", "bus", "car"]).keep_classes == ("car", "bus")   # as NON_STATIONARY orders them
     with pytest.raises(InputError, match="'road' is not a non-stationary class; valid: person, rider, car"):
         SegConfig(keep_classes=("road",))
+    with pytest.raises(InputError, match="sequence of class names, got the string 'car'"):
+        SegConfig(keep_classes="car")
 
 
 def test_commands_end_to_end(small_street, tmp_path):

@@ -3,31 +3,31 @@
 A street's correspondences join 3D surface points, so the sky, which has no depth,
 gets none, and a correspondence loss cannot teach it. A direction at infinity,
 though, needs no depth: two cameras see it at pixels related by their rotation
-alone,
+alone (for pinhole cameras ``x_q ~ K_q R_q R_r^T K_r^-1 x_r``, R the world-to-camera
+rotations; the camera models of ``locseg.geometry.camera``, distortion included, are
+used as they are), so every sky pixel of a reference image has a partner in each
+image of the same place. This writes, for every (reference, query) pair of the
+street's ``correspondences/``, the same pair with such points added, into
+``correspondences-with-sky/`` (the pair's own points first, then the sky's). Given
+to ``train-seg --correspondences`` in place of ``correspondences/``, it draws the same
+pairs, each as often:
 
-    x_t ~ K_t R_t R_r^T K_r^-1 x_r       (R: world-to-camera rotations),
-
-so every sky pixel of a reference image has a partner in each image of the same
-place. This writes, for every (reference, query) pair of the street's
-``correspondences/``, the same pair with such points added, into
-``correspondences-with-sky/`` (the pair's own points first, then the sky's), so that
-training on that folder instead draws the same pairs, and the same share of steps
-from each:
-
-1. Sky pixels of the reference image on a ``stride`` grid, from its labels (the
-   reference condition is the fully labelled one, so they are training data),
-   eroded by ``margin`` pixels so that a point is not at an edge of the sky.
-2. Their directions turned into the query camera and projected (pycolmap-style
-   camera model of ``locseg.geometry.camera``, distortion included).
-3. An occlusion guard from the reference's own depth: every reference surface
-   pixel is lifted to 3D and projected into the query image, and a sky point that
-   lands within ``guard`` pixels of one is dropped, since the query camera, a few
-   metres away, may see that surface in front of the sky.
+1. The reference image's pixels without depth, on a ``stride`` grid, eroded by
+   ``margin`` pixels (city-block distance) so that a point is not at an edge of the
+   sky. The depth is the reference traversal's own, the map its pairs were made from;
+   no labels are read.
+2. Their directions turned into the query camera and projected.
+3. An occlusion guard from the same depth: every reference surface pixel is lifted
+   to 3D and projected into the query image, and a sky point that lands on one, or
+   within ``guard`` pixels (city-block) of one, is dropped, since the query camera, a
+   few metres away, may see that surface in front of the sky. The projection marks
+   one pixel per surface pixel, so where the query is nearer to a surface than the
+   reference, it leaves holes that only the guard fills.
 
 The query's labels and depth are never read. ``dist_from_center`` is 0 for the sky
-points. On a ``stride`` of 3 the sky gets about the density of the surface pairs
-(about 20 000 points on a 512 x 384 pair). ``sky_pair_precision`` measures, against the query labels, how many of the
-points do land on sky (the figure in benchmarks/RESULTS.md).
+points. A ``stride`` of 3 gives a default street's pairs about 900 sky points each, on
+top of about 20 000 surface points. ``sky_pair_precision`` measures, against the query
+labels, how many of the sky points land on sky (``benchmarks/sky_pair_precision.py``).
 """
 
 from __future__ import annotations
@@ -52,12 +52,14 @@ from ..io.correspondences import (
 )
 from ..models.segmentation import CLASSES
 from .generate import Progress, SynthConfig, plan_street, street_rays
-from .raycast import lift
+from .raycast import CameraRays, lift
+from .render import render
 from .trajectory import View
 from .visibility import project
 
 SKY = CLASSES.index("sky")
 SKY_FOLDER = "correspondences-with-sky"
+SCENE_AGREEMENT = 0.999  # share of equal depths below which the rebuilt street is another
 FAR = 1e6  # metres: a point this far along a ray stands in for the direction itself
 
 
@@ -68,18 +70,19 @@ class SkyPairConfig:
     guard: int = 6    # dilation of the reference surfaces projected into the query, pixels
 
 
-def sky_points(ref_view: View, ref_labels: np.ndarray, ref_depth: np.ndarray, query_view: View, rays: dict,
+def sky_points(ref_view: View, ref_depth: np.ndarray, query_view: View, rays: dict[str, CameraRays],
                config: SkyPairConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sky correspondences between a reference and a query view (module docstring).
 
     Args:
-        ref_labels, ref_depth: (H, W) trainIds and z-depth (0 for sky) of the reference image.
+        ref_depth: (H, W) z-depth of the reference image, 0 where it sees sky.
+        rays: the rays of both views' cameras, keyed by ``Camera.to_string()``.
     Returns:
         (N, 2) reference and (N, 2) query pixel coordinates, COLMAP convention.
     """
     ref_rays = rays[ref_view.camera.to_string()]
     query_rays = rays[query_view.camera.to_string()]
-    sky = (ref_labels == SKY) & (ref_depth <= 0)
+    sky = ref_depth <= 0
     if config.margin:
         sky = ndimage.binary_erosion(sky, iterations=config.margin, border_value=1)
     grid = np.zeros_like(sky)
@@ -108,6 +111,19 @@ def sky_points(ref_view: View, ref_labels: np.ndarray, ref_depth: np.ndarray, qu
     return uv_ref, uv_query[keep]
 
 
+def _check_depth(root: Path, view: View, street) -> None:
+    """Refuse a street whose first reference depth map the rebuilt scene does not reproduce:
+    its poses, which the sky points are mapped with, would not be the stored ones."""
+    stored = root / "depth" / f"{view.stem}.npy"
+    if not stored.is_file():
+        raise InputError(f"{root} has no {stored.relative_to(root)}; is it a complete SynthSeasons street?")
+    agreement = float(np.mean(np.isclose(np.load(stored), render(street.scene, view).depth, rtol=1e-4, atol=1e-4)))
+    if agreement < SCENE_AGREEMENT:
+        raise InputError(f"{root} was made by another SynthSeasons scene generator: its depth of {view.name} agrees "
+                         f"with the rebuilt street on {100 * agreement:.1f} % of pixels; regenerate it with "
+                         "`locseg synth --overwrite`")
+
+
 def add_sky_pairs(street_dir: str | Path, config: SkyPairConfig = SkyPairConfig(), overwrite: bool = False,
                   progress: Progress | None = None) -> dict:
     """Write ``correspondences-with-sky/`` of the SynthSeasons street in ``street_dir``: each pair
@@ -128,6 +144,7 @@ def add_sky_pairs(street_dir: str | Path, config: SkyPairConfig = SkyPairConfig(
                          "make one with `locseg synth`") from None
     if summary.get("sky_pairs") is not None and not overwrite:
         return summary["sky_pairs"]
+    _check_depth(root, street.reference[0], street)
     files = sorted(iter_correspondence_files(root / "correspondences")) if (root / "correspondences").is_dir() else []
     if not files:
         raise InputError(f"{root} has no correspondences/ to pair its sky along; is it a complete SynthSeasons street?")
@@ -144,10 +161,14 @@ def add_sky_pairs(street_dir: str | Path, config: SkyPairConfig = SkyPairConfig(
     try:
         for done, path in enumerate(files):
             pair = read_correspondences(path)
-            ref_view, query_view = views[pair.image_i], views[pair.image_j]
-            stem = ref_view.stem
-            uv_ref, uv_query = sky_points(ref_view, read_label_png(root / "labels" / ref_view.name),
-                                          np.load(root / "depth" / f"{stem}.npy"), query_view, rays, config)
+            ref_view, query_view = views.get(pair.image_i), views.get(pair.image_j)
+            if ref_view is None or query_view is None or ref_view.condition != "reference":
+                raise InputError(f"{path} pairs {pair.image_i!r} with {pair.image_j!r}, but {root} plans no such "
+                                 "reference and query images; is it a complete SynthSeasons street?")
+            depth_path = root / "depth" / f"{ref_view.stem}.npy"
+            if not depth_path.is_file():
+                raise InputError(f"{root} has no {depth_path.relative_to(root)}; is it a complete SynthSeasons street?")
+            uv_ref, uv_query = sky_points(ref_view, np.load(depth_path), query_view, rays, config)
             write_correspondences(tmp / path.name, CorrespondencePair(
                 pair.image_i, pair.image_j, np.concatenate([pair.points_i, uv_ref]),
                 np.concatenate([pair.points_j, uv_query]),

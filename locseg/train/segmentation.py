@@ -22,8 +22,11 @@ over the labelled pixels' class frequencies f, so that thin classes are learned)
 ``L_corr`` one of the correspondence losses of ``locseg.train.seg_losses`` (CE,
 HingeC, HingeF) between the reference image, run in eval mode and without gradient,
 and the other image, after dropping the
-correspondences whose reference pixel is predicted as a non-stationary class (and, with
-``min_confidence``, those predicted with a lower softmax probability)
+correspondences whose reference pixel is predicted as a non-stationary class, but
+for the classes of ``keep_classes`` (SynthSeasons' pairs join only surface points of
+one object, so a pair on a car joins a car that stayed parked; one that moved gives
+none), and, with ``min_confidence``, those predicted with a lower softmax probability
+
 (with ``balance_correspondences``, each correspondence weighed by the class weight
 of the reference's prediction there, the same weights as L_sup's).
 Before the warm-up ends, L = L_sup. SGD with momentum and weight decay as in the
@@ -135,11 +138,14 @@ class SegConfig:
                              f"valid: {', '.join(CORRESPONDENCE_LOSSES)}")
         if self.balance_correspondences and self.class_balance == 0:
             raise InputError("balance_correspondences needs class weights: set class_balance > 0 (e.g. 0.5)")
-        object.__setattr__(self, "keep_classes", tuple(self.keep_classes))
+        if isinstance(self.keep_classes, str):
+            raise InputError(f"keep_classes must be a sequence of class names, got the string {self.keep_classes!r}")
         for name in self.keep_classes:
             if name not in NON_STATIONARY_NAMES:
                 raise InputError(f"keep_classes: {name!r} is not a non-stationary class; valid: "
                                  f"{', '.join(NON_STATIONARY_NAMES)}")
+        # One spelling per set of classes, so that a run resumes whatever order they were given in.
+        object.__setattr__(self, "keep_classes", tuple(n for n in NON_STATIONARY_NAMES if n in self.keep_classes))
         if not 0 <= self.min_confidence < 1:
             raise InputError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
         if self.crop is not None and self.crop < 32:
