@@ -53,13 +53,12 @@ from ..io.correspondences import (
 from ..models.segmentation import CLASSES
 from .generate import Progress, SynthConfig, plan_street, street_rays
 from .raycast import CameraRays, lift
-from .render import render
 from .trajectory import View
+from .traversal import check_scene
 from .visibility import project
 
 SKY = CLASSES.index("sky")
 SKY_FOLDER = "correspondences-with-sky"
-SCENE_AGREEMENT = 0.999  # share of equal depths below which the rebuilt street is another
 FAR = 1e6  # metres: a point this far along a ray stands in for the direction itself
 
 
@@ -111,19 +110,6 @@ def sky_points(ref_view: View, ref_depth: np.ndarray, query_view: View, rays: di
     return uv_ref, uv_query[keep]
 
 
-def _check_depth(root: Path, view: View, street) -> None:
-    """Refuse a street whose first reference depth map the rebuilt scene does not reproduce:
-    its poses, which the sky points are mapped with, would not be the stored ones."""
-    stored = root / "depth" / f"{view.stem}.npy"
-    if not stored.is_file():
-        raise InputError(f"{root} has no {stored.relative_to(root)}; is it a complete SynthSeasons street?")
-    agreement = float(np.mean(np.isclose(np.load(stored), render(street.scene, view).depth, rtol=1e-4, atol=1e-4)))
-    if agreement < SCENE_AGREEMENT:
-        raise InputError(f"{root} was made by another SynthSeasons scene generator: its depth of {view.name} agrees "
-                         f"with the rebuilt street on {100 * agreement:.1f} % of pixels; regenerate it with "
-                         "`locseg synth --overwrite`")
-
-
 def add_sky_pairs(street_dir: str | Path, config: SkyPairConfig = SkyPairConfig(), overwrite: bool = False,
                   progress: Progress | None = None) -> dict:
     """Write ``correspondences-with-sky/`` of the SynthSeasons street in ``street_dir``: each pair
@@ -144,7 +130,7 @@ def add_sky_pairs(street_dir: str | Path, config: SkyPairConfig = SkyPairConfig(
                          "make one with `locseg synth`") from None
     if summary.get("sky_pairs") is not None and not overwrite:
         return summary["sky_pairs"]
-    _check_depth(root, street.reference[0], street)
+    check_scene(root, street.scene, street.reference[0], by="depth")
     files = sorted(iter_correspondence_files(root / "correspondences")) if (root / "correspondences").is_dir() else []
     if not files:
         raise InputError(f"{root} has no correspondences/ to pair its sky along; is it a complete SynthSeasons street?")

@@ -53,7 +53,7 @@ from .generate import (
 from .render import render
 from .trajectory import View
 
-# Fewer equal reference labels than this means the rebuilt scene is not the stored one.
+# Fewer equal reference labels (or depths) than this means the rebuilt scene is not the stored one.
 SCENE_AGREEMENT = 0.999
 
 
@@ -88,7 +88,7 @@ def add_traversal(street_dir: str | Path, condition: str = "sunday", workers: in
         atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
 
     street = plan_street(config)
-    _check_scene(root, street.scene, street.reference[0])
+    check_scene(root, street.scene, street.reference[0])
     sources = [replace(v, name=f"{condition}/{v.name.split('/', 1)[1]}", condition=condition)
                for v in street.reference]
     query_views = [v for views in street.queries.values() for v in views]
@@ -128,13 +128,18 @@ def recorded_traversals(street: str | Path) -> list[str]:
         return []
 
 
-def _check_scene(root: Path, scene, view: View) -> None:
-    """Refuse a street whose first reference image the rebuilt scene does not reproduce."""
-    stored = root / "labels" / view.name
+def check_scene(root: Path, scene, view: View, by: str = "labels") -> None:
+    """Refuse a street whose first reference image the rebuilt scene does not reproduce,
+    compared by its stored ``labels`` or ``depth`` (for callers that must not read labels)."""
+    stored = root / by / (view.name if by == "labels" else f"{view.stem}.npy")
     if not stored.is_file():
         raise InputError(f"{root} has no {stored.relative_to(root)}; is it a complete SynthSeasons street?")
-    agreement = float(np.mean(read_label_png(stored) == render(scene, view).labels))
+    rendered = render(scene, view)
+    if by == "labels":
+        agreement = float(np.mean(read_label_png(stored) == rendered.labels))
+    else:
+        agreement = float(np.mean(np.isclose(np.load(stored), rendered.depth, rtol=1e-4, atol=1e-4)))
     if agreement < SCENE_AGREEMENT:
-        raise InputError(f"{root} was made by another SynthSeasons scene generator: its labels of {view.name} "
+        raise InputError(f"{root} was made by another SynthSeasons scene generator: its {by} of {view.name} "
                          f"agree with the rebuilt street on {100 * agreement:.1f} % of pixels; regenerate it "
                          "with `locseg synth --overwrite`")
