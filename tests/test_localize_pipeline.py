@@ -32,7 +32,7 @@ def run(small_street, tmp_path_factory):
 
 
 def test_every_query_gets_a_pose_and_a_log_line(run):
-    street, _, queries, out, summary = run
+    _, _, queries, out, summary = run
     results = read_poses(out / "results.txt")
     assert list(results) == [n for n, _ in queries]
     records = [json.loads(line) for line in (out / "results.log.jsonl").read_text().splitlines()]

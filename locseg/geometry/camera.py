@@ -128,7 +128,7 @@ class Camera(TensorWrapper):
                     data.ndim >= 1 and data.shape[-1] == n)
         super().__init__(data)
 
-    def _new(self, data: torch.Tensor) -> "Camera":
+    def _new(self, data: torch.Tensor) -> Camera:
         return Camera(self.model, data)
 
     def _check_compatible(self, other: TensorWrapper) -> None:
@@ -139,7 +139,7 @@ class Camera(TensorWrapper):
     # ----------------------------------------------------------------- constructors
     @classmethod
     def from_params(cls, model: str, width: TensorLike, height: TensorLike,
-                    params: TensorLike) -> "Camera":
+                    params: TensorLike) -> Camera:
         """Camera from its model, image size and parameters (batch shapes broadcast).
 
         Args:
@@ -167,7 +167,7 @@ class Camera(TensorWrapper):
         return cls(model, torch.cat([size, params], dim=-1))
 
     @classmethod
-    def from_string(cls, line: str, dtype: torch.dtype = torch.float64) -> "Camera":
+    def from_string(cls, line: str, dtype: torch.dtype = torch.float64) -> Camera:
         """Camera from ``"MODEL WIDTH HEIGHT p1 p2 ..."``, the tail of an hloc query-list line.
 
         Raises:
@@ -193,7 +193,7 @@ class Camera(TensorWrapper):
                                torch.tensor(height, dtype=dtype), torch.tensor(params, dtype=dtype))
 
     @classmethod
-    def from_colmap(cls, camera: Any, dtype: torch.dtype = torch.float64) -> "Camera":
+    def from_colmap(cls, camera: Any, dtype: torch.dtype = torch.float64) -> Camera:
         """Camera from a ``pycolmap.Camera`` (or a sequence of same-model ones, stacked)."""
         if isinstance(camera, (list, tuple)):
             return cls.stack([cls.from_colmap(c, dtype) for c in camera])
@@ -250,7 +250,7 @@ class Camera(TensorWrapper):
     def to_string(self) -> str:
         """``"MODEL WIDTH HEIGHT p1 p2 ..."`` of an unbatched camera (inverse of ``from_string``)."""
         self._require_unbatched("to_string")
-        width, height = (int(round(v)) for v in self.size.tolist())
+        width, height = (round(v) for v in self.size.tolist())
         params = " ".join(repr(float(p)) for p in self.params.tolist())
         return f"{self.model} {width} {height} {params}"
 
@@ -259,7 +259,7 @@ class Camera(TensorWrapper):
         import pycolmap
 
         self._require_unbatched("to_colmap")
-        width, height = (int(round(v)) for v in self.size.tolist())
+        width, height = (round(v) for v in self.size.tolist())
         kwargs = {} if camera_id is None else {"camera_id": int(camera_id)}
         params = self.params.detach().cpu().double().tolist()
         return pycolmap.Camera(model=self.model, width=width, height=height, params=params, **kwargs)
@@ -270,7 +270,7 @@ class Camera(TensorWrapper):
                              "index it first")
 
     # ----------------------------------------------------------------- resizing
-    def scale(self, factors: TensorLike) -> "Camera":
+    def scale(self, factors: TensorLike) -> Camera:
         """The camera of this image resized by ``factors``, as ``pycolmap.Camera.rescale(scale)``.
 
         The new size is ``round(s * size)`` (half away from zero), and the
@@ -292,7 +292,7 @@ class Camera(TensorWrapper):
         new_size = _round_half_up(s * self.size)
         return self._resized(new_size)
 
-    def resize(self, width: TensorLike, height: TensorLike) -> "Camera":
+    def resize(self, width: TensorLike, height: TensorLike) -> Camera:
         """The camera of this image resized to ``width x height`` pixels,
         as ``pycolmap.Camera.rescale(width, height)``.
 
@@ -305,7 +305,7 @@ class Camera(TensorWrapper):
             raise InputError(f"width and height must be positive, got {width.tolist()}, {height.tolist()}")
         return self._resized(torch.stack([width, height], -1).to(dtype=self.dtype, device=self.device))
 
-    def _resized(self, new_size: torch.Tensor) -> "Camera":
+    def _resized(self, new_size: torch.Tensor) -> Camera:
         """Camera for an image resized to ``new_size`` (..., 2)."""
         new_size, data = broadcast_batch("new size", new_size, 1, "camera", self.data, 1)
         factor = new_size / data[..., :2]
@@ -531,7 +531,7 @@ class Camera(TensorWrapper):
 
     def __repr__(self) -> str:
         if self.ndim == 0:
-            w, h = (int(round(v)) for v in self.size.tolist())
+            w, h = (round(v) for v in self.size.tolist())
             params = ", ".join(f"{v:.6g}" for v in self.params.tolist())
             return f"Camera({self.model}, {w}x{h}, params=[{params}], dtype={self.dtype})"
         return f"Camera({self.model}, shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"

@@ -25,7 +25,8 @@ Storage: ``Pose.data`` has shape ``(..., 12)``: the rotation matrix row-major
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -107,7 +108,7 @@ class Pose(TensorWrapper):
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def from_Rt(cls, R: TensorLike, t: TensorLike) -> "Pose":
+    def from_Rt(cls, R: TensorLike, t: TensorLike) -> Pose:
         """Pose from a rotation matrix and a translation (batch shapes broadcast).
 
         Args:
@@ -121,7 +122,7 @@ class Pose(TensorWrapper):
         return cls(torch.cat([R.flatten(-2), t], dim=-1))
 
     @classmethod
-    def from_qt(cls, q: TensorLike, t: TensorLike) -> "Pose":
+    def from_qt(cls, q: TensorLike, t: TensorLike) -> Pose:
         """Pose from a Hamilton quaternion (w, x, y, z) and a translation.
 
         Args:
@@ -137,7 +138,7 @@ class Pose(TensorWrapper):
         return cls.from_Rt(quaternion_to_matrix(q), t)
 
     @classmethod
-    def from_aa(cls, axis_angle: TensorLike, t: TensorLike) -> "Pose":
+    def from_aa(cls, axis_angle: TensorLike, t: TensorLike) -> Pose:
         """Pose from an axis-angle vector ``theta * axis`` and a translation.
 
         Args:
@@ -148,7 +149,7 @@ class Pose(TensorWrapper):
         return cls.from_Rt(axis_angle_to_matrix(axis_angle), t)
 
     @classmethod
-    def from_matrix(cls, T: TensorLike) -> "Pose":
+    def from_matrix(cls, T: TensorLike) -> Pose:
         """Pose from homogeneous matrices ``[[R, t], [0, 1]]``.
 
         Args:
@@ -161,7 +162,7 @@ class Pose(TensorWrapper):
 
     @classmethod
     def identity(cls, batch_shape: Sequence[int] = (), dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> "Pose":
+                 device: torch.device | str | None = None) -> Pose:
         """Identity poses of the given batch shape."""
         dtype = dtype or torch.get_default_dtype()
         data = torch.zeros(*batch_shape, 12, dtype=dtype, device=device)
@@ -169,7 +170,7 @@ class Pose(TensorWrapper):
         return cls(data)
 
     @classmethod
-    def exp(cls, xi: TensorLike) -> "Pose":
+    def exp(cls, xi: TensorLike) -> Pose:
         """The SE(3) exponential of tangent vectors ``xi = (omega, v)``.
 
         Args:
@@ -189,7 +190,7 @@ class Pose(TensorWrapper):
         return cls.from_Rt(R, (V @ v[..., None]).squeeze(-1))
 
     @classmethod
-    def from_colmap(cls, rigid: Any, dtype: torch.dtype = torch.float64) -> "Pose":
+    def from_colmap(cls, rigid: Any, dtype: torch.dtype = torch.float64) -> Pose:
         """Pose from a ``pycolmap.Rigid3d`` (or a sequence of them, stacked).
 
         Args:
@@ -248,12 +249,12 @@ class Pose(TensorWrapper):
         return pycolmap.Rigid3d(pycolmap.Rotation3d([x, y, z, w]), t)
 
     # ----------------------------------------------------------------- group operations
-    def inv(self) -> "Pose":
+    def inv(self) -> Pose:
         """The inverse transformation: ``T_a_from_b`` for ``T_b_from_a``."""
         R_inv = self.R.transpose(-1, -2)
         return Pose.from_Rt(R_inv, -(R_inv @ self.t[..., None]).squeeze(-1))
 
-    def compose(self, other: "Pose") -> "Pose":
+    def compose(self, other: Pose) -> Pose:
         """``self @ other``: ``T_c_from_a = T_c_from_b.compose(T_b_from_a)``.
 
         Batch shapes broadcast.
@@ -264,7 +265,7 @@ class Pose(TensorWrapper):
         t = (self.R @ other.t[..., None]).squeeze(-1) + self.t
         return Pose.from_Rt(R, t)
 
-    def __matmul__(self, other: "Pose") -> "Pose":
+    def __matmul__(self, other: Pose) -> Pose:
         if not isinstance(other, Pose):
             return NotImplemented
         return self.compose(other)
@@ -338,7 +339,7 @@ class Pose(TensorWrapper):
         """
         return self.t.norm(dim=-1), rad2deg(rotation_angle(self.R))
 
-    def error(self, other: "Pose") -> tuple[torch.Tensor, torch.Tensor]:
+    def error(self, other: Pose) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose-estimation error of ``self`` (estimate) against ``other`` (truth).
 
         Both must be ``T_cam_from_world``; batch shapes broadcast.

@@ -17,7 +17,8 @@ value's own dtype and device: a float32 camera computes in float32.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ class TensorWrapper:
         """A value of the same kind (and extra attributes) holding ``data``."""
         return type(self)(data)
 
-    def _check_compatible(self, other: "TensorWrapper") -> None:
+    def _check_compatible(self, other: TensorWrapper) -> None:
         """Raise InputError if ``other`` cannot be stacked with ``self``."""
         if type(other) is not type(self):
             raise InputError(f"cannot stack {type(self).__name__} with {type(other).__name__}")

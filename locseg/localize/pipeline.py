@@ -122,7 +122,7 @@ class Models:
     global_id: str
 
     @classmethod
-    def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> "Models":
+    def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> Models:
         """The networks of ``config`` on ``device`` (``locseg.device``: a GPU when present)."""
         device = resolve_device(device)
         hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers,
@@ -216,7 +216,7 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
     todo = [n for n in reference.names
             if not (store.has(models.sparse_id, "sparse", n) and store.has(models.global_id, "global", n))]
     for done, name in enumerate(todo):
-        image, camera = prepare_image(load_image(reference.image_path(name)), max_side=config.max_side)
+        image, _ = prepare_image(load_image(reference.image_path(name)), max_side=config.max_side)
         dense, descriptor = models.describe(image)
         observations = reference.observations(name, config.max_points, OBSERVATION_CELL)
         scale = _input_scale(reference.cameras[name], image)
@@ -471,6 +471,6 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
 
 def _check_camera(name: str, camera: Camera, image: torch.Tensor) -> None:
     width, height = image.shape[-1], image.shape[-2]
-    if [int(round(v)) for v in camera.size.tolist()] != [width, height]:
+    if [round(v) for v in camera.size.tolist()] != [width, height]:
         raise InputError(f"query {name}: the query list gives a {camera.size.tolist()} camera but the "
                          f"image is {width}x{height}")

@@ -66,7 +66,7 @@ class ReferenceMap:
     _observations: dict[str, Observations]
 
     @classmethod
-    def from_reconstruction(cls, reconstruction: pycolmap.Reconstruction, image_root: str | Path) -> "ReferenceMap":
+    def from_reconstruction(cls, reconstruction: pycolmap.Reconstruction, image_root: str | Path) -> ReferenceMap:
         """Every image of ``reconstruction`` that has a pose; images need not exist yet."""
         names, poses, cameras, observations = [], {}, {}, {}
         for image_id in sorted(reconstruction.images):
@@ -87,7 +87,7 @@ class ReferenceMap:
         return cls(names, poses, cameras, Path(image_root), point_ids, xyz, observations)
 
     @classmethod
-    def read(cls, model: str | Path, image_root: str | Path) -> "ReferenceMap":
+    def read(cls, model: str | Path, image_root: str | Path) -> ReferenceMap:
         """Read a COLMAP model directory (``locseg.io.colmap.read_model``)."""
         return cls.from_reconstruction(read_model(model), image_root)
 

@@ -117,7 +117,7 @@ class PCAWhitening(nn.Module):
         return self.projection.numel() > 0
 
     @torch.no_grad()
-    def fit(self, descriptors: torch.Tensor, dim: int = 4096, eps: float = 1e-8) -> "PCAWhitening":
+    def fit(self, descriptors: torch.Tensor, dim: int = 4096, eps: float = 1e-8) -> PCAWhitening:
         """Fit on (N, D) descriptors, N ≥ 2."""
         check_shape("descriptors", tuple(descriptors.shape), "(N >= 2, D)",
                     descriptors.ndim == 2 and descriptors.shape[0] >= 2)

@@ -41,7 +41,7 @@ class CameraRays:
     focal: float
 
     @staticmethod
-    def of(camera: Camera) -> "CameraRays":
+    def of(camera: Camera) -> CameraRays:
         width, height = int(camera.width), int(camera.height)
         jj, ii = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
         pixels = np.stack([jj, ii], -1).reshape(-1, 2)

@@ -74,12 +74,12 @@ class Primitives:
         return self.hi.astype(np.float32)
 
     @staticmethod
-    def empty() -> "Primitives":
+    def empty() -> Primitives:
         return Primitives(np.zeros(0, bool), np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int16),
                           np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros((0, 8), np.float32))
 
     @staticmethod
-    def concatenate(parts: list["Primitives"]) -> "Primitives":
+    def concatenate(parts: list[Primitives]) -> Primitives:
         return Primitives(*(np.concatenate([getattr(p, f) for p in parts])
                             for f in ("is_sphere", "lo", "hi", "material", "label", "key", "params")))
 

@@ -192,7 +192,7 @@ def expose(linear: np.ndarray, c: Condition, seed: int) -> np.ndarray:
     gain = float(np.clip(c.exposure / max(mean, 1e-6), 0.2, c.max_gain))
     image = linear * gain * f32(c.white_balance)
     if c.motion_blur > 0:
-        size = max(int(round(c.motion_blur * scale)), 1)
+        size = max(round(c.motion_blur * scale), 1)
         if size > 1:
             image = uniform_filter1d(image, size, axis=1)
     bright = np.clip(image - 1.5, 0, None)  # glare around lamps and lit windows

@@ -27,7 +27,7 @@ class Agreement:
     items: int
 
     def summary(self) -> dict[str, float]:
-        return {"count": int(len(self.errors)), "items": self.items, "median_px": float(np.median(self.errors)),
+        return {"count": len(self.errors), "items": self.items, "median_px": float(np.median(self.errors)),
                 "p99_px": float(np.percentile(self.errors, 99)), "max_px": float(self.errors.max())}
 
 

@@ -230,7 +230,7 @@ _SCALARS = (type(None), bool, int, float, str)
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise an InputError naming the first value that is not a plain container."""
-    if isinstance(value, _SCALARS) or isinstance(value, torch.Tensor):
+    if isinstance(value, (*_SCALARS, torch.Tensor)):
         return
     if type(value) in (dict, OrderedDict):
         for key, item in value.items():

@@ -53,8 +53,8 @@ from .mining import mine_negatives
 
 __all__ = [
     "DMCTerms",
-    "GNTerms",
     "FinetuneLossConfig",
+    "GNTerms",
     "dense_matching_loss",
     "double_margin_contrastive",
     "gauss_newton_loss",

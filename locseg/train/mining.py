@@ -33,7 +33,7 @@ import torch
 
 from ..errors import InputError, check_shape
 
-__all__ = ["MinedNegatives", "mining_pool_size", "mine_negatives", "sample_positives"]
+__all__ = ["MinedNegatives", "mine_negatives", "mining_pool_size", "sample_positives"]
 
 # Candidates scored per chunk of positives: rows x H*W entries of the distance
 # matrix (and of the radius mask); 2**22 float32 entries is 16 MB.
@@ -67,7 +67,7 @@ def mining_pool_size(
     if rate < 0 or scale <= 0:
         raise InputError(f"need rate >= 0 and scale > 0, got rate={rate}, scale={scale}")
     decayed = start * math.exp(-rate * step / scale)
-    return max(int(floor), int(math.floor(decayed + 0.5)))
+    return max(int(floor), math.floor(decayed + 0.5))
 
 
 def sample_positives(
@@ -144,7 +144,7 @@ def mine_negatives(
             candidate at all (the radius covers the whole map).
     """
     check_shape("dense_b", dense_b.shape, "(C, H, W)", dense_b.dim() == 3)
-    c, h, w = dense_b.shape
+    c, _, w = dense_b.shape
     check_shape("desc_a", desc_a.shape, f"(N, {c})", desc_a.dim() == 2 and desc_a.shape[1] == c)
     n = desc_a.shape[0]
     check_shape("kp_b", kp_b.shape, f"({n}, 2)", kp_b.shape == (n, 2))

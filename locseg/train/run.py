@@ -41,7 +41,7 @@ class Run:
 
     @staticmethod
     def start(output: str | Path, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-              resume: bool, sources: dict | None = None) -> "Run":
+              resume: bool, sources: dict | None = None) -> Run:
         """A new run seeded by ``config.seed``, or with ``resume`` the run saved at ``output``
         (same config only; an option newer than the checkpoint may stay at its default, as
         the config class's defaults tell).
