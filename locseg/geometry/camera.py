@@ -247,10 +247,16 @@ class Camera(TensorWrapper):
         rows = [f[..., 0], zero, c[..., 0], zero, f[..., 1], c[..., 1], zero, zero, one]
         return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
+    def pixel_size(self) -> tuple[int, int]:
+        """(width, height) of an unbatched camera in whole pixels."""
+        self._require_unbatched("pixel_size")
+        width, height = (round(v) for v in self.size.tolist())
+        return width, height
+
     def to_string(self) -> str:
         """``"MODEL WIDTH HEIGHT p1 p2 ..."`` of an unbatched camera (inverse of ``from_string``)."""
         self._require_unbatched("to_string")
-        width, height = (round(v) for v in self.size.tolist())
+        width, height = self.pixel_size()
         params = " ".join(repr(float(p)) for p in self.params.tolist())
         return f"{self.model} {width} {height} {params}"
 
@@ -259,7 +265,7 @@ class Camera(TensorWrapper):
         import pycolmap
 
         self._require_unbatched("to_colmap")
-        width, height = (round(v) for v in self.size.tolist())
+        width, height = self.pixel_size()
         kwargs = {} if camera_id is None else {"camera_id": int(camera_id)}
         params = self.params.detach().cpu().double().tolist()
         return pycolmap.Camera(model=self.model, width=width, height=height, params=params, **kwargs)
@@ -531,7 +537,7 @@ class Camera(TensorWrapper):
 
     def __repr__(self) -> str:
         if self.ndim == 0:
-            w, h = (round(v) for v in self.size.tolist())
+            w, h = self.pixel_size()
             params = ", ".join(f"{v:.6g}" for v in self.params.tolist())
             return f"Camera({self.model}, {w}x{h}, params=[{params}], dtype={self.dtype})"
         return f"Camera({self.model}, shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"

@@ -471,6 +471,6 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
 
 def _check_camera(name: str, camera: Camera, image: torch.Tensor) -> None:
     width, height = image.shape[-1], image.shape[-2]
-    if [round(v) for v in camera.size.tolist()] != [width, height]:
+    if camera.pixel_size() != (width, height):
         raise InputError(f"query {name}: the query list gives a {camera.size.tolist()} camera but the "
                          f"image is {width}x{height}")

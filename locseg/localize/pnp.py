@@ -80,7 +80,7 @@ class PnPResult:
 
 
 def _poselib_camera(camera: Camera) -> dict:
-    width, height = (round(v) for v in camera.size.tolist())
+    width, height = camera.pixel_size()
     return {"model": camera.model, "width": width, "height": height, "params": camera.params.double().tolist()}
 
 

@@ -33,6 +33,7 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def recorded_traversals(street: str | Path) -> list[str]:
         return []
 
 
-def check_scene(root: Path, scene, view: View, by: str = "labels") -> None:
+def check_scene(root: Path, scene, view: View, by: Literal["labels", "depth"] = "labels") -> None:
     """Refuse a street whose first reference image the rebuilt scene does not reproduce,
     compared by its stored ``labels`` or ``depth`` (for callers that must not read labels)."""
     stored = root / by / (view.name if by == "labels" else f"{view.stem}.npy")
