@@ -79,7 +79,9 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
 @click.option("--seed", type=int, default=0, show_default=True)
 def widen_backbone_command(weights: str, backbone: str, output: Path, split_noise: float, seed: int) -> None:
     """Widen trained backbone WEIGHTS (name, file or URL) into --backbone without changing its
-    matches, to warm-start a wider model (finetune-features --backbone B --init OUTPUT)."""
+    matches, to warm-start a wider model (finetune-features --backbone B --init OUTPUT). Weights of
+    a segmentation model give that model on the wider backbone, with the same predictions
+    (train-seg --backbone B --init OUTPUT continues it)."""
     path = widen_weights(weights, backbone, output, split_noise, seed)
     click.echo(f"wrote {path} ({backbone})")
 

@@ -140,3 +140,57 @@ def test_widened_weights_record_their_recipe(slim, tmp_path):
     out = widen_weights(str(tmp_path / "slim.safetensors"), "vgg16", tmp_path / "wide.safetensors", seed=5)
     recipe = json.loads(read_safetensors_metadata(out)["recipe"])
     assert recipe["factor"] == 4 and recipe["seed"] == 5 and len(recipe["widened_from_digest"]) == 64
+
+
+# ----------------------------------------------------------------------------- segmentation models
+@pytest.fixture(scope="module")
+def slim_segmentation() -> nn.Module:
+    from locseg.models.segmentation import SegmentationModel, SegModelConfig
+
+    torch.manual_seed(4)
+    model = SegmentationModel(SegModelConfig(backbone="vgg16-slim")).double().eval()
+    with torch.no_grad():  # GroupNorm starts at weight 1, bias 0: give it values a trained model would have
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_widened_segmentation_model_predicts_what_the_narrow_one_does(slim_segmentation, images, noise):
+    from locseg.models.widen import widen_segmentation
+
+    wide = widen_segmentation(slim_segmentation, 2, "vgg16-half", split_noise=noise)
+    assert wide.config.backbone == "vgg16-half" and not wide.training
+    assert wide.head.pool.stages[0][0].out_channels == 2 * slim_segmentation.head.pool.stages[0][0].out_channels
+    with torch.no_grad():
+        narrow, widened = slim_segmentation(images, aux=True), wide(images, aux=True)
+    for name in ("logits", "features", "aux_logits"):
+        torch.testing.assert_close(getattr(widened, name), getattr(narrow, name), rtol=1e-9, atol=1e-9, msg=name)
+    replicas = wide.head.bottleneck[0].weight
+    assert noise == 0 or not torch.allclose(replicas[:, 0::2], replicas[:, 1::2])
+
+
+def test_widen_backbone_command_widens_a_segmentation_model_that_train_seg_can_continue(slim_segmentation, images,
+                                                                                       tmp_path):
+    from click.testing import CliRunner
+    from locseg_cli.main import cli
+
+    from locseg.models.segmentation import load_segmentation_model, segmentation_metadata
+    from locseg.models.weights import save_safetensors
+    from locseg.train.segmentation import SegConfig, build_model
+
+    source = tmp_path / "seg.safetensors"
+    save_safetensors({k: v.float() for k, v in slim_segmentation.state_dict().items()}, source,
+                     metadata=segmentation_metadata(slim_segmentation.config))
+    out = CliRunner().invoke(cli, ["widen-backbone", str(source), "--output", str(tmp_path / "half.safetensors")])
+    assert out.exit_code == 0, out.output
+    wide = load_segmentation_model(str(tmp_path / "half.safetensors"))
+    assert wide.config.backbone == "vgg16-half"
+    continued = build_model(SegConfig(backbone="vgg16-half", init=str(tmp_path / "half.safetensors"))).eval()
+    with torch.no_grad():
+        expected = slim_segmentation.float()(images.float()).logits
+        slim_segmentation.double()
+        for model in (wide, continued):
+            torch.testing.assert_close(model(images.float()).logits, expected, rtol=1e-4, atol=1e-4)

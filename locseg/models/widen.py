@@ -16,11 +16,20 @@ Every activation of the wide backbone is therefore the narrow activation with ea
 channel repeated ``factor`` times: a hypercolumn level's norm grows by
 ``sqrt(factor)`` and, after L2 normalisation (per level or joint), every cosine
 between hypercolumns -- hence every match -- is unchanged.
+
+A segmentation model widens the same way (``widen_segmentation``): its backbone as
+above; the pyramid-pooling convolutions, which read the replicated head-layer
+channels and whose width is a quarter of them, are replicated and split in turn
+(pooling, ReLU, upsampling and concatenation all commute with replication); the
+bottleneck and the auxiliary head's convolution split their inputs and keep their
+outputs; GroupNorms and classifiers are copied. The wide model's logits and
+penultimate features equal the narrow one's.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +38,11 @@ from torch import nn
 from ..errors import InputError
 from .backbone import VGG16, build_backbone, state_dict_problems
 from .load import backbone_state, weights_digest
+from .segmentation import (
+    SegmentationModel,
+    load_segmentation_model,
+    segmentation_metadata,
+)
 from .weights import load_state_dict, save_safetensors
 
 DEFAULT_SPLIT_NOISE = 0.01
@@ -85,6 +99,45 @@ def _split_inputs(weight: torch.Tensor, factor: int, split_noise: float,
     return split.reshape(c_out, c_in * factor, kh, kw)
 
 
+def widen_segmentation(model: SegmentationModel, factor: int, name: str, split_noise: float = DEFAULT_SPLIT_NOISE,
+                       seed: int = 0) -> SegmentationModel:
+    """A segmentation model on a ``factor`` times wider backbone ``name`` that computes the
+    same logits and penultimate features as ``model`` (module docstring), in eval mode.
+
+    Raises:
+        InputError: a bad factor or noise (``widen_backbone``).
+    """
+    backbone = widen_backbone(model.backbone, factor, name, split_noise, seed)
+    config = replace(model.config, backbone=name)
+    with torch.random.fork_rng(devices=[]):  # every weight is overwritten below
+        wide = SegmentationModel(config, backbone=backbone).to(next(model.parameters()))
+    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+    narrow_state = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in wide.state_dict().items():
+            if not key.startswith("backbone."):
+                tensor.copy_(_widened_head_tensor(key, narrow_state[key], tuple(tensor.shape), factor,
+                                                  split_noise, generator))
+    return wide.eval()
+
+
+def _widened_head_tensor(key: str, narrow: torch.Tensor, shape: tuple[int, ...], factor: int, split_noise: float,
+                         generator: torch.Generator) -> torch.Tensor:
+    """A head tensor of the wide model: the narrow one where the shapes agree; else its
+    outputs replicated (pyramid stages, which are ``factor`` times wider) and/or its inputs
+    split over the replicas of the channels it reads."""
+    if tuple(narrow.shape) == shape:
+        return narrow
+    tensor = narrow
+    if shape[0] == factor * narrow.shape[0]:
+        tensor = tensor.repeat_interleave(factor, dim=0)
+    if tensor.ndim == 4 and shape[1] == factor * tensor.shape[1]:
+        tensor = _split_inputs(tensor, factor, split_noise, generator)
+    if tuple(tensor.shape) != shape:
+        raise InputError(f"cannot widen {key} of shape {tuple(narrow.shape)} into {shape} by {factor}")
+    return tensor
+
+
 def narrow_backbone(weights: str) -> VGG16:
     """The backbone held by a weight source, whatever its widths (read off its tensors)."""
     state = backbone_state(load_state_dict(weights), weights)
@@ -121,7 +174,11 @@ def widen_weights(weights: str, backbone: str, output: str | Path, split_noise: 
     if factor < 1 or any(factor * n != t for n, t in zip(narrow.widths, target)):
         raise InputError(f"{backbone} (block widths {target}) is not an integer multiple of the widths "
                          f"{narrow.widths} of {weights!r}; widening needs one factor for every block")
-    wide = widen_backbone(narrow, factor, backbone, split_noise, seed)
     recipe = {"widened_from": weights, "widened_from_digest": weights_digest(weights), "factor": factor,
               "split_noise": split_noise, "seed": seed}
+    if any(key.startswith("head.") for key in load_state_dict(weights)):
+        wide_model = widen_segmentation(load_segmentation_model(weights), factor, backbone, split_noise, seed)
+        return save_safetensors(wide_model.state_dict(), output,
+                                metadata=segmentation_metadata(wide_model.config, recipe))
+    wide = widen_backbone(narrow, factor, backbone, split_noise, seed)
     return save_safetensors(wide.state_dict(), output, metadata={"backbone": backbone, "recipe": json.dumps(recipe)})

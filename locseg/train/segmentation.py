@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError
 from ..evaluate.segmentation import SegAccumulator, SegEvaluation, read_label_png
+from ..models.load import backbone_state
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.segmentation import (
     AUX_LAYER,
@@ -336,15 +337,6 @@ def build_model(config: SegConfig, from_init: bool = True) -> SegmentationModel:
         else:
             model.backbone.load_state_dict(backbone_state(state, config.init))
     return model
-
-
-def backbone_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """The ``features.*`` tensors of a weight file, found at the top level or under ``backbone.``."""
-    for prefix in ("", "backbone."):
-        features = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix + "features.")}
-        if features:
-            return features
-    raise InputError(f"weights {source!r} hold no 'features.*' (or 'backbone.features.*') tensors for a VGG backbone")
 
 
 def make_optimizer(model: SegmentationModel, config: SegConfig) -> torch.optim.SGD:
