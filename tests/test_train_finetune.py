@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 import torch
@@ -196,8 +197,10 @@ def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path)
     checkpoint = torch.load(partial, weights_only=True)
     checkpoint["config"]["iterations"] = 3  # a run of 3 steps killed after step 2
     torch.save(checkpoint, partial)
+    digest = hashlib.sha256(init.read_bytes()).hexdigest()
     init.rename(tmp_path / "moved.safetensors")
     resumed = load_checkpoint(_run(small_street, partial, config, resume=True))
+    assert read_safetensors_metadata(partial.with_suffix(".safetensors"))["init_digest"] == digest
     assert [h["total"] for h in resumed.metrics["history"]] == [h["total"] for h in straight.metrics["history"]]
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

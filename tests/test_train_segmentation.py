@@ -4,6 +4,7 @@ commands ``train-seg``, ``segment`` and ``evaluate-seg`` end to end."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 
 from locseg.errors import InputError
 from locseg.models.seg_inference import SegmentSettings, store_model_id
-from locseg.models.weights import load_state_dict
+from locseg.models.weights import load_state_dict, read_safetensors_metadata
 from locseg.store import FeatureStore
 from locseg.train.checkpoint import load_checkpoint
 from locseg.train.segmentation import (
@@ -240,8 +241,11 @@ def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path)
             raise Killed
     with pytest.raises(Killed):
         train_segmentation([small_street], tmp_path / "killed.pt", config, progress=kill_at_step_4)
+    digest = hashlib.sha256(init.read_bytes()).hexdigest()
     init.rename(tmp_path / "moved.safetensors")
     resumed = load_checkpoint(train_segmentation([small_street], tmp_path / "killed.pt", config, resume=True))
     assert resumed.metrics["history"] == straight.metrics["history"]
+    # The weights name what they started from by content, not by the path as typed.
+    assert read_safetensors_metadata(tmp_path / "killed.safetensors")["init_digest"] == digest
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

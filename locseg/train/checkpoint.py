@@ -108,11 +108,10 @@ def save_checkpoint(
             raise InputError(f"{name} must be a mapping, got a {type(value).__name__}")
         _check_plain(value, name)
         content[name] = value
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(content, f)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(content, f)
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(Path(path).parent)
     return Path(path)
 

@@ -172,6 +172,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     model = build_model(config, from_init=not resume).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume, sources={"folders": pairs.sources, "pairs": len(pairs)})
+    run.init_digest(config.init)
 
     def validate() -> dict[str, float]:
         held_out = _Subset(pairs, validation_ids)
@@ -203,12 +204,15 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     if run.metrics.get("skipped", 0) >= config.iterations:
         raise InputError(f"no training pair had {MIN_POINTS} correspondences inside both images; "
                          "nothing was trained (check the image root and the correspondence files)")
-    export_weights(model, output.with_suffix(".safetensors"), config)
+    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
     return output
 
 
-def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig) -> Path:
-    """The backbone's weights alone, as safetensors with the recipe in the metadata."""
-    return save_safetensors(model.backbone.state_dict(), path, metadata={"backbone": config.backbone,
-                                                   "layers": json.dumps(list(config.layers)),
-                                                   "recipe": json.dumps(config.to_dict())})
+def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig, init_digest: str | None = None) -> Path:
+    """The backbone's weights alone, as safetensors with the recipe in the metadata, and the
+    sha256 of the ``init`` weights (``init_digest``) where there were any."""
+    metadata = {"backbone": config.backbone, "layers": json.dumps(list(config.layers)),
+                "recipe": json.dumps(config.to_dict())}
+    if init_digest:
+        metadata["init_digest"] = init_digest
+    return save_safetensors(model.backbone.state_dict(), path, metadata=metadata)

@@ -347,9 +347,8 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     run = Run.start(output, config, model, optimizer, resume,
                     sources={"streets": [str(Path(s).resolve()) for s in streets], "images": len(places.paths)})
-    if _pools_init_hypercolumns(config) and "init_digest" not in run.metrics:
-        # Fingerprinted now, while --init is at hand: a resumed run does not read it again.
-        run.metrics["init_digest"] = weights_digest(config.init)
+    if _pools_init_hypercolumns(config):
+        run.init_digest(config.init)  # fingerprinted while --init is at hand
     cache = None  # built after the resume checks, which it may take minutes to reach
     if config.freeze_backbone:
         cache = LocalFeatureCache.build(model, places.paths, config.max_side, config.cache_positions, config.seed,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.load import weights_digest
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 
 
@@ -68,6 +69,14 @@ class Run:
         if sources is not None:
             run.metrics["sources"] = sources
         return run
+
+    def init_digest(self, init: str | None) -> str | None:
+        """The sha256 of the weights ``init`` the run started from (``weights_digest``), taken
+        when a new run starts and kept in its metrics, so that a resumed run has it without
+        finding those weights again; None without ``init`` (or for a run saved without it)."""
+        if init and self.step == 0 and "init_digest" not in self.metrics:
+            self.metrics["init_digest"] = weights_digest(init)
+        return self.metrics.get("init_digest")
 
     def save(self) -> Path:
         """Write the checkpoint (atomically)."""

@@ -469,6 +469,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
     weight = None if weight is None else weight.to(device)
     optimizer = make_optimizer(model, config)
     run = Run.start(output, config, model, optimizer, resume, sources=_source_record(datasets, pairs))
+    run.init_digest(config.init)
     model.train()
     while run.step < config.iterations:
         poly_lr(optimizer, run.step, config)
@@ -499,7 +500,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
-    export_weights(model, output.with_suffix(".safetensors"), config)
+    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
     return output
 
 
@@ -559,10 +560,14 @@ def _validate_and_keep_best(run: Run, items: Sequence[LabelledImage], images: Re
     miou = {group: round(value, 4) for group, value in evaluation.miou.items()}
     if miou.get("all", -1.0) > run.metrics.get("best_miou", -1.0):
         run.metrics["best_miou"], run.metrics["best_step"] = miou["all"], run.step
-        export_weights(run.model, run.output.with_suffix(".best.safetensors"), config)
+        export_weights(run.model, run.output.with_suffix(".best.safetensors"), config, run.metrics.get("init_digest"))
     return miou
 
 
-def export_weights(model: SegmentationModel, path: Path, config: SegConfig) -> Path:
-    """The whole model as safetensors, its architecture and recipe in the metadata."""
-    return save_safetensors(model.state_dict(), path, metadata=segmentation_metadata(model.config, config.to_dict()))
+def export_weights(model: SegmentationModel, path: Path, config: SegConfig, init_digest: str | None = None) -> Path:
+    """The whole model as safetensors, its architecture and recipe in the metadata, with the
+    sha256 of the ``init`` weights (``init_digest``) where there were any."""
+    metadata = segmentation_metadata(model.config, config.to_dict())
+    if init_digest:
+        metadata["init_digest"] = init_digest
+    return save_safetensors(model.state_dict(), path, metadata=metadata)
