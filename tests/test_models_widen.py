@@ -177,7 +177,10 @@ def test_widen_backbone_command_widens_a_segmentation_model_that_train_seg_can_c
     from click.testing import CliRunner
     from locseg_cli.main import cli
 
-    from locseg.models.segmentation import load_segmentation_model, segmentation_metadata
+    from locseg.models.segmentation import (
+        load_segmentation_model,
+        segmentation_metadata,
+    )
     from locseg.models.weights import save_safetensors
     from locseg.train.segmentation import SegConfig, build_model
 
