@@ -29,6 +29,11 @@ from ..geometry.camera import Camera
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DEFAULT_MAX_SIDE = 512
+# Focal matching: an image whose focal length at the usual size is within this fraction of the
+# target keeps the usual size (resampling by a few per cent costs more than the scale gap), and
+# no image is enlarged beyond this many times ``max_side``.
+FOCAL_TOLERANCE = 0.1
+FOCAL_MAX_ENLARGE = 2.0
 
 
 def image_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -85,6 +90,39 @@ def resized_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE,
     new = [max_side if side == longer else max(1, int(np.floor(side * scale + 0.5)))
            for side in (width, height)]
     return new[0], new[1]
+
+
+def input_focal(camera: Camera, max_side: int = DEFAULT_MAX_SIDE) -> float:
+    """Mean focal length, in pixels, of ``camera`` at the network input that ``resize_image``
+    makes of its images (longer side ``max_side``, never enlarged)."""
+    width, height = (int(v) for v in camera.size.reshape(-1, 2)[0].tolist())
+    return float(camera.f.mean()) * max(resized_size(width, height, max_side)) / max(width, height)
+
+
+def focal_matched_side(camera: Camera, target_focal: float, max_side: int = DEFAULT_MAX_SIDE,
+                       tolerance: float = FOCAL_TOLERANCE) -> int:
+    """The longer side of the network input at which ``camera`` has focal length ``target_focal``.
+
+    Resizing a query so that its focal length equals the reference images' puts a surface at
+    a given depth at the same scale in both, which the hypercolumns, not scale-invariant, need.
+    Returns the usual side (``max_side``, or the image's own if smaller) when the usual input's
+    focal length is within ``tolerance`` of the target, and never more than
+    ``FOCAL_MAX_ENLARGE * max_side`` (nor less than 32). Use it as ``prepare_image(image, camera,
+    max_side=side, upsample=True)``.
+
+    Raises:
+        InputError: a non-positive ``target_focal`` or negative ``tolerance``.
+    """
+    if not target_focal > 0:
+        raise InputError(f"target_focal must be a positive focal length in pixels, got {target_focal}")
+    if tolerance < 0:
+        raise InputError(f"tolerance must be >= 0, got {tolerance}")
+    width, height = (int(v) for v in camera.size.reshape(-1, 2)[0].tolist())
+    usual = max(resized_size(width, height, max_side))
+    ratio = target_focal / input_focal(camera, max_side)
+    if abs(ratio - 1.0) <= tolerance:
+        return usual
+    return int(min(max(round(usual * ratio), 32), FOCAL_MAX_ENLARGE * max_side))
 
 
 def resize_image(image: torch.Tensor, camera: Camera | None = None, max_side: int = DEFAULT_MAX_SIDE,
