@@ -6,13 +6,14 @@ Every query traversal of a SynthSeasons street has its own camera, and its focal
 differs from the reference's by up to half, so the same facade appears at another scale
 in the two images. Here the reference image is resized as usual (longer side 512) and
 the query image so that its focal length, at the network input, equals the reference's
-there (``locseg.models.preprocess.focal_matched_side``, which ``locseg localize
---match-focal`` uses). Matches found in the rescaled query are mapped back to the usual
-512-px query frame, and the error is measured there, so the figures compare one to one
-with ``bench_features.py`` (true match within 4 px of the best cell's centre, per
-condition). Three rows, from the same points: the usual size; the focal length always
-matched; matched only where it differs by more than ``FOCAL_TOLERANCE`` (the localizer's
-rule, so some conditions repeat the first row).
+there (``locseg.models.preprocess.focal_matched_side``). Matches found in the rescaled
+query are mapped back to the usual 512-px query frame, and the error is measured there,
+so the figures compare one to one with ``bench_features.py`` (true match within 4 px of
+the best cell's centre, per condition). Three rows, from the same points: the usual
+size; the focal length always matched; matched only where it differs by more than
+``FOCAL_TOLERANCE`` (the rule of ``locseg localize --match-focal`` at commit 298445c,
+so some conditions repeat the first row). benchmarks/RESULTS.md explains why the
+localizer does not do this.
 """
 
 from __future__ import annotations

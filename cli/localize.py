@@ -57,9 +57,6 @@ _DEFAULTS = LocalizeConfig()
 @hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
-@click.option("--match-focal", is_flag=True,
-              help="Resize each query so its focal length matches the reference images' (median) at the network "
-                   "input, instead of to the same longer side; helps when query cameras zoom in or out.")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -79,7 +76,7 @@ _DEFAULTS = LocalizeConfig()
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str,
-             hypercolumn_norm: str, matching: str, match_focal: bool,
+             hypercolumn_norm: str, matching: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -105,7 +102,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         if missing:
             raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
         config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone,
-                                hypercolumn_norm=hypercolumn_norm, top_k=top_k, match_focal=match_focal,
+                                hypercolumn_norm=hypercolumn_norm, top_k=top_k,
                                 matching=MatchingConfig(method=matching),
                                 pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                                 refine=None if no_refine else RefineConfig(loss=refine_loss,

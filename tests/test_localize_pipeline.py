@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from click.testing import CliRunner
 from locseg_cli.main import cli
 
@@ -183,41 +182,6 @@ def test_the_pnp_threshold_is_in_network_input_pixels(run, monkeypatch):
             localizer.search(big, camera.resize(big.shape[-1], big.shape[-2]))
     assert seen[0] == (CONFIG.max_side, pytest.approx(CONFIG.pnp.max_error))
     assert seen[-1] == (2 * CONFIG.max_side, pytest.approx(2 * CONFIG.pnp.max_error))
-
-
-def test_match_focal_gives_a_zoomed_query_the_references_focal_length(run, monkeypatch):
-    """The centre of a query, cropped and enlarged back to full size (twice the focal length),
-    reaches the network at the map's focal length and still finds its place."""
-    from dataclasses import replace
-
-    from locseg.localize import pipeline
-    from locseg.models.preprocess import input_focal, load_image, resize_image
-    from locseg.store import FeatureStore
-
-    street, reference, queries, out, _ = run
-    name, camera = next((n, c) for n, c in queries if n.startswith("sun/"))
-    image = load_image(street / "images" / name)
-    height, width = image.shape[-2:]
-    top, left = height // 4, width // 4
-    params = camera.params.clone()
-    params[list(camera.model_spec.pp_idxs)] -= torch.tensor([left, top], dtype=params.dtype)
-    crop = Camera.from_params(camera.model, width // 2, height // 2, params.tolist())
-    zoomed, zoomed_camera = resize_image(image[:, top:top + height // 2, left:left + width // 2], crop,
-                                         max_side=max(width, height), upsample=True)
-    config = replace(CONFIG, match_focal=True)
-    models = pipeline.Models.load(config)
-    seen = []
-    dense = models.dense
-    monkeypatch.setattr(models, "dense", lambda net_input: seen.append(net_input.shape[-2:]) or dense(net_input))
-    with FeatureStore(out / "features.h5", mode="r") as store:
-        localizer = pipeline.Localizer(reference, models, store, config)
-        search = localizer.search(zoomed, zoomed_camera)
-    assert localizer.map_focal == pytest.approx(input_focal(reference.cameras[reference.names[0]]))
-    assert input_focal(zoomed_camera, config.max_side) == pytest.approx(2 * input_focal(camera, config.max_side),
-                                                                        rel=0.01)
-    net_height, net_width = seen[0]
-    assert float(zoomed_camera.resize(net_width, net_height).f.mean()) == pytest.approx(localizer.map_focal, rel=0.01)
-    assert search.best is not None
 
 
 def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(run):

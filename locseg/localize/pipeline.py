@@ -7,8 +7,7 @@ feature-metric refinement.
    global descriptor and its sparse hypercolumns at the observations of 3D points,
    in the feature store (skipped when already there);
 2. per query: the dense hypercolumn map and global descriptor of its network input
-   (the image resized to ``max_side`` with its camera rescaled, or with ``match_focal``
-   to the reference images' median focal length, ``locseg.models.preprocess.focal_matched_side``); the ``top_k``
+   (the image resized to ``max_side`` with its camera rescaled); the ``top_k``
    references by whitened global descriptors; for each, sparse-to-dense matches that
    pass the ratio test, lifted to the original query resolution and paired with
    the references' 3D points; RANSAC-PnP with the query's own camera; the
@@ -52,12 +51,7 @@ from ..models.hypercolumn import (
     check_normalization,
 )
 from ..models.load import load_hypercolumns, weights_digest
-from ..models.preprocess import (
-    focal_matched_side,
-    input_focal,
-    load_image,
-    prepare_image,
-)
+from ..models.preprocess import load_image, prepare_image
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
 from .pnp import PnPConfig, estimate_pose, refit_pose
@@ -88,7 +82,6 @@ class LocalizeConfig:
     layers: tuple[int, ...] = DEFAULT_LAYERS
     hypercolumn_norm: str = DEFAULT_NORMALIZATION   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
     max_side: int = 512
-    match_focal: bool = False       # resize each query to the references' focal length (see the module docstring)
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
@@ -161,11 +154,6 @@ class Models:
         image = image.to(module_device(self.hypercolumns))[None]
         dense = self.hypercolumns.dense(image)
         return dense[0].cpu(), self.describer(image, dense).cpu()
-
-    @torch.inference_mode()
-    def dense(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) on the CPU."""
-        return self.hypercolumns.dense(image.to(module_device(self.hypercolumns))[None])[0].cpu()
 
 
 @dataclass(frozen=True)
@@ -271,8 +259,6 @@ class Localizer:
         self.global_descriptors = torch.from_numpy(np.stack(
             [store.get_global(models.global_id, n) for n in names])).double()
         self.whitening = fit_whitening(self.global_descriptors, config.whitening_dim)
-        self.map_focal = float(np.median([input_focal(reference.cameras[n], config.max_side) for n in names]))
-        """Median focal length of the reference images at their network input, pixels."""
         self.projection = None
         self._projected: dict[str, torch.Tensor] = {}   # reference name -> (N, d) projected descriptors
         if config.matching.method == "coarse-to-fine":
@@ -312,11 +298,6 @@ class Localizer:
         clock = time.perf_counter()
         net_input, net_camera = prepare_image(image, camera, max_side=self.config.max_side)
         dense, descriptor = self.models.describe(net_input)
-        if self.config.match_focal:   # retrieval keeps the usual input; matching and refinement see this one
-            side = focal_matched_side(camera, self.map_focal, self.config.max_side)
-            if side != max(net_input.shape[-2:]):
-                net_input, net_camera = prepare_image(image, camera, max_side=side, upsample=True)
-                dense = self.models.dense(net_input)
         timing["features"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

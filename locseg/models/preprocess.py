@@ -29,9 +29,9 @@ from ..geometry.camera import Camera
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DEFAULT_MAX_SIDE = 512
-# Focal matching: an image whose focal length at the usual size is within this fraction of the
-# target keeps the usual size (resampling by a few per cent costs more than the scale gap), and
-# no image is enlarged beyond this many times ``max_side``.
+# focal_matched_side: an image whose focal length at the usual size is within this fraction of
+# the target keeps the usual size (resampling by a few per cent costs more than the scale gap),
+# and no image is enlarged beyond this many times ``max_side``.
 FOCAL_TOLERANCE = 0.1
 FOCAL_MAX_ENLARGE = 2.0
 
@@ -105,6 +105,8 @@ def focal_matched_side(camera: Camera, target_focal: float, max_side: int = DEFA
 
     Resizing a query so that its focal length equals the reference images' puts a surface at
     a given depth at the same scale in both, which the hypercolumns, not scale-invariant, need.
+    It raises matching precision on zoomed queries (``benchmarks/probe_focal_match.py``), but
+    the localizer keeps the usual size, which gave better poses (benchmarks/RESULTS.md).
     Returns the usual side (``max_side``, or the image's own if smaller) when the usual input's
     focal length is within ``tolerance`` of the target, and never more than
     ``FOCAL_MAX_ENLARGE * max_side`` (nor less than 32). Use it as ``prepare_image(image, camera,
