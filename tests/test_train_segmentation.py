@@ -218,7 +218,8 @@ def test_class_balance_weighs_the_rare_classes_of_the_labelled_images(small_stre
         dataclasses.replace(TINY, class_balance=0, balance_correspondences=True)
 
 
-@pytest.mark.parametrize("name", ["synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v2"])
+@pytest.mark.parametrize("name", ["synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v2",
+                                  "synthseasons-slim-pspnet-v3"])
 def test_the_bundled_segmentation_models_load_by_name_and_segment(name):
     from locseg.models.segmentation import load_segmentation_model
 
