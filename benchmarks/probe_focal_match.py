@@ -9,11 +9,13 @@ the query image so that its focal length, at the network input, equals the refer
 there (``locseg.models.preprocess.focal_matched_side``). Matches found in the rescaled
 query are mapped back to the usual 512-px query frame, and the error is measured there,
 so the figures compare one to one with ``bench_features.py`` (true match within 4 px of
-the best cell's centre, per condition). Three rows, from the same points: the usual
+the best cell's centre, per condition). Four rows, from the same points: the usual
 size; the focal length always matched; matched only where it differs by more than
 ``FOCAL_TOLERANCE`` (the rule of ``locseg localize --match-focal`` at commit 298445c,
-so some conditions repeat the first row). benchmarks/RESULTS.md explains why the
-localizer does not do this.
+so some conditions repeat the first row); and the other way round, the query at the
+usual size and the reference image resized to the query's focal length (enlarged, for
+queries that zoom in), so the query keeps its full-resolution grid. benchmarks/RESULTS.md
+explains why the localizer does not shrink its queries.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def main() -> None:
     model = load_hypercolumns("vgg16-slim", args.weights).eval()
     generator = torch.Generator().manual_seed(0)
     rows = {"usual": "longer side 512", "focal": "reference's focal length",
-            "tolerant": f"reference's focal length beyond {FOCAL_TOLERANCE:.0%}"}
+            "tolerant": f"reference's focal length beyond {FOCAL_TOLERANCE:.0%}",
+            "reference": "reference resized to the query's focal length"}
     correct = {key: defaultdict(int) for key in rows}
     total, ratios = defaultdict(int), defaultdict(list)
     for index in range(0, len(pairs), args.every):
@@ -76,6 +79,12 @@ def main() -> None:
                  "focal": match_dense(model, sample.image_a, scaled, points_a) * to_usual}
         matched = focal_matched_side(camera_b, target) != max(sample.image_b.shape[-2:])
         found["tolerant"] = found["focal" if matched else "usual"]
+        side_a = focal_matched_side(cameras[sample.name_a], input_focal(camera_b), tolerance=0.0)
+        scaled_a, _ = prepare_image(load_image(args.dataset / "images" / sample.name_a), max_side=side_a,
+                                    upsample=True)
+        to_scaled_a = torch.tensor([scaled_a.shape[-1] / sample.image_a.shape[-1],
+                                    scaled_a.shape[-2] / sample.image_a.shape[-2]])
+        found["reference"] = match_dense(model, scaled_a, sample.image_b, points_a * to_scaled_a)
         ratio = target / input_focal(camera_b)
         condition = sample.condition
         for key, where in found.items():
