@@ -66,12 +66,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=LocalizeConfig.hypercolumn_norm)
     parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights)
-    parser.add_argument("--reference-scale", type=float, default=1.0,
-                        help="reference sparse features from images enlarged by this factor")
     args = parser.parse_args()
 
-    config = LocalizeConfig(hypercolumn_norm=args.hypercolumn_norm, retrieval_weights=args.retrieval_weights,
-                            reference_scale=args.reference_scale)
+    config = LocalizeConfig(hypercolumn_norm=args.hypercolumn_norm, retrieval_weights=args.retrieval_weights)
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

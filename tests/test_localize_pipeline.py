@@ -184,33 +184,6 @@ def test_the_pnp_threshold_is_in_network_input_pixels(run, monkeypatch):
     assert seen[-1] == (2 * CONFIG.max_side, pytest.approx(2 * CONFIG.pnp.max_error))
 
 
-def test_an_enlarged_reference_scale_has_its_own_sparse_features_and_the_same_retrieval(run, tmp_path):
-    from dataclasses import replace
-
-    import numpy as np
-
-    from locseg.localize import pipeline
-    from locseg.store import FeatureStore
-
-    _, reference, _, out, _ = run
-    scaled = replace(CONFIG, reference_scale=1.5)
-    base_models, models = pipeline.Models.load(CONFIG), pipeline.Models.load(scaled)
-    assert models.sparse_id != base_models.sparse_id and models.global_id == base_models.global_id
-    shutil.copy(out / "features.h5", tmp_path / "features.h5")
-    with FeatureStore(tmp_path / "features.h5", mode="a") as store:
-        assert pipeline.extract_reference_features(reference, models, store, scaled) == len(reference)
-        name = reference.names[0]
-        before, after = store.get_sparse(base_models.sparse_id, name), store.get_sparse(models.sparse_id, name)
-        np.testing.assert_array_equal(after.keypoints, before.keypoints)
-        np.testing.assert_array_equal(after.point3D_ids, before.point3D_ids)
-        assert not np.allclose(after.descriptors, before.descriptors, atol=1e-3)
-        cosines = (after.descriptors.astype(np.float32) * before.descriptors.astype(np.float32)).sum(1)
-        assert np.median(cosines) > 0.5     # the same places, seen at another scale
-        with FeatureStore(out / "features.h5", mode="r") as original:
-            np.testing.assert_allclose(store.get_global(models.global_id, name),
-                                       original.get_global(base_models.global_id, name), atol=1e-6)
-
-
 def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(run):
     from dataclasses import replace
 

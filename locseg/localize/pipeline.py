@@ -82,7 +82,6 @@ class LocalizeConfig:
     layers: tuple[int, ...] = DEFAULT_LAYERS
     hypercolumn_norm: str = DEFAULT_NORMALIZATION   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
     max_side: int = 512
-    reference_scale: float = 1.0    # reference sparse features from images enlarged by this factor
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
@@ -141,8 +140,7 @@ class Models:
         sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
                              layers="-".join(map(str, config.layers)), norm=config.hypercolumn_norm,
                              max_points=config.max_points,
-                             **preprocessing, **({"scale": config.reference_scale}
-                                                 if config.reference_scale != 1.0 else {}))
+                             **preprocessing)
         if describer.source == "hypercolumns":   # it pools the dense map, normalised as configured
             preprocessing["norm"] = config.hypercolumn_norm
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
@@ -156,11 +154,6 @@ class Models:
         image = image.to(module_device(self.hypercolumns))[None]
         dense = self.hypercolumns.dense(image)
         return dense[0].cpu(), self.describer(image, dense).cpu()
-
-    @torch.inference_mode()
-    def dense(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) on the CPU."""
-        return self.hypercolumns.dense(image.to(module_device(self.hypercolumns))[None])[0].cpu()
 
 
 @dataclass(frozen=True)
@@ -215,8 +208,7 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
     """
     store.set_config(models.sparse_id, {"kind": "sparse hypercolumns", "backbone": config.backbone,
                                         "weights": config.weights, "layers": list(config.layers),
-                                        "max_side": config.max_side, "reference_scale": config.reference_scale,
-                                        "max_points": config.max_points,
+                                        "max_side": config.max_side, "max_points": config.max_points,
                                         "observation_cell": OBSERVATION_CELL})
     store.set_config(models.global_id, {"kind": "global descriptors", "backbone": config.backbone,
                                         "weights": config.weights, "retrieval_weights": config.retrieval_weights,
@@ -224,13 +216,8 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
     todo = [n for n in reference.names
             if not (store.has(models.sparse_id, "sparse", n) and store.has(models.global_id, "global", n))]
     for done, name in enumerate(todo):
-        original = load_image(reference.image_path(name))
-        image, _ = prepare_image(original, max_side=config.max_side)
+        image, _ = prepare_image(load_image(reference.image_path(name)), max_side=config.max_side)
         dense, descriptor = models.describe(image)
-        if config.reference_scale != 1.0:
-            image, _ = prepare_image(original, max_side=round(config.max_side * config.reference_scale),
-                                     upsample=True)
-            dense = models.dense(image)
         observations = reference.observations(name, config.max_points, OBSERVATION_CELL)
         scale = _input_scale(reference.cameras[name], image)
         keypoints = torch.from_numpy(observations.keypoints).to(dense) * scale
