@@ -28,14 +28,13 @@ import torch
 
 from locseg.evaluate.matching import match_dense
 from locseg.geometry import Camera
-from locseg.io.colmap import camera_of_image, read_model
 from locseg.io.queries import read_query_list
+from locseg.localize.reference import ReferenceMap
 from locseg.models.load import load_hypercolumns
 from locseg.models.preprocess import (
     FOCAL_TOLERANCE,
     focal_matched_side,
     input_focal,
-    load_image,
     prepare_image,
 )
 from locseg.train.pairs import CorrespondencePairs
@@ -43,9 +42,8 @@ from locseg.train.pairs import CorrespondencePairs
 
 def street_cameras(street: Path) -> dict[str, Camera]:
     """The camera of every reference and query image of a SynthSeasons street."""
-    model = read_model(street / "reference" / "model")
-    cameras = {image.name: camera_of_image(model, image.name) for image in model.images.values()}
-    return cameras | dict(read_query_list(street / "queries" / "all.txt"))
+    reference = ReferenceMap.read(street / "reference" / "model", street / "images")
+    return reference.cameras | dict(read_query_list(street / "queries" / "all.txt"))
 
 
 def main() -> None:
@@ -72,7 +70,7 @@ def main() -> None:
         camera_b = cameras[sample.name_b]
         target = input_focal(cameras[sample.name_a])
         side = focal_matched_side(camera_b, target, tolerance=0.0)
-        scaled, _ = prepare_image(load_image(args.dataset / "images" / sample.name_b), max_side=side, upsample=True)
+        scaled, _ = prepare_image(args.dataset / "images" / sample.name_b, max_side=side, upsample=True)
         to_usual = torch.tensor([sample.image_b.shape[-1] / scaled.shape[-1],
                                  sample.image_b.shape[-2] / scaled.shape[-2]])
         found = {"usual": match_dense(model, sample.image_a, sample.image_b, points_a),
@@ -80,8 +78,7 @@ def main() -> None:
         matched = focal_matched_side(camera_b, target) != max(sample.image_b.shape[-2:])
         found["tolerant"] = found["focal" if matched else "usual"]
         side_a = focal_matched_side(cameras[sample.name_a], input_focal(camera_b), tolerance=0.0)
-        scaled_a, _ = prepare_image(load_image(args.dataset / "images" / sample.name_a), max_side=side_a,
-                                    upsample=True)
+        scaled_a, _ = prepare_image(args.dataset / "images" / sample.name_a, max_side=side_a, upsample=True)
         to_scaled_a = torch.tensor([scaled_a.shape[-1] / sample.image_a.shape[-1],
                                     scaled_a.shape[-2] / sample.image_a.shape[-2]])
         found["reference"] = match_dense(model, scaled_a, sample.image_b, points_a * to_scaled_a)

@@ -95,7 +95,7 @@ def resized_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE,
 def input_focal(camera: Camera, max_side: int = DEFAULT_MAX_SIDE) -> float:
     """Mean focal length, in pixels, of ``camera`` at the network input that ``resize_image``
     makes of its images (longer side ``max_side``, never enlarged)."""
-    width, height = (int(v) for v in camera.size.reshape(-1, 2)[0].tolist())
+    width, height = camera.pixel_size()
     return float(camera.f.mean()) * max(resized_size(width, height, max_side)) / max(width, height)
 
 
@@ -119,9 +119,9 @@ def focal_matched_side(camera: Camera, target_focal: float, max_side: int = DEFA
         raise InputError(f"target_focal must be a positive focal length in pixels, got {target_focal}")
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0, got {tolerance}")
-    width, height = (int(v) for v in camera.size.reshape(-1, 2)[0].tolist())
+    width, height = camera.pixel_size()
     usual = max(resized_size(width, height, max_side))
-    ratio = target_focal / input_focal(camera, max_side)
+    ratio = target_focal / (float(camera.f.mean()) * usual / max(width, height))   # over input_focal
     if abs(ratio - 1.0) <= tolerance:
         return usual
     return int(min(max(round(usual * ratio), 32), FOCAL_MAX_ENLARGE * max_side))
