@@ -9,6 +9,7 @@ import torch
 
 from locseg.models.backbone import BACKBONES
 from locseg.models.netvlad import RETRIEVAL_SOURCES
+from locseg.train.augment import AugmentConfig
 from locseg.train.finetune import FinetuneConfig, finetune_features
 from locseg.train.losses import FinetuneLossConfig
 from locseg.train.retrieval import RetrievalConfig, train_retrieval
@@ -76,10 +77,15 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
 @click.option("--dense-temperature", type=click.FloatRange(min=0, min_open=True),
               default=FinetuneLossConfig().dense_temperature, show_default=True,
               help="Softmax temperature of --dense-weight's term, in units of the dot product of unit cells.")
+@click.option("--scale-augment", type=click.FloatRange(min=1), default=AugmentConfig().scale, show_default=True,
+              help="Shrink one image of each pair so the two scales differ by a random ratio up to this (1: never).")
+@click.option("--light-augment", type=click.FloatRange(0, 1), default=AugmentConfig().light, show_default=True,
+              help="Probability that an image's gamma, gain, colour balance and noise are changed at random.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
              resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
-             combined_weight: float, dense_weight: float, dense_temperature: float, device: torch.device) -> None:
+             combined_weight: float, dense_weight: float, dense_temperature: float, scale_augment: float,
+             light_augment: float, device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
@@ -87,7 +93,8 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
                             mining_offset=mining_offset, hypercolumn_norm=hypercolumn_norm,
                             loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius,
                                                     combined_weight=combined_weight, dense_weight=dense_weight,
-                                                    dense_temperature=dense_temperature))
+                                                    dense_temperature=dense_temperature),
+                            augment=AugmentConfig(scale=scale_augment, light=light_augment))
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(

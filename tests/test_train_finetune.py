@@ -12,6 +12,7 @@ from locseg_cli.train import finetune
 
 from locseg.errors import InputError
 from locseg.models.weights import read_safetensors_metadata
+from locseg.train.augment import AugmentConfig
 from locseg.train.checkpoint import load_checkpoint
 from locseg.train.finetune import (
     FinetuneConfig,
@@ -28,19 +29,24 @@ def _run(street, output, config=FAST, resume=False):
     return finetune_features(street / "correspondences", street / "images", output, config, resume=resume)
 
 
-def test_resume_continues_exactly(small_street, tmp_path):
-    """A run stopped after step 2 and resumed ends where an uninterrupted run ends."""
-    straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt"))
+@pytest.mark.parametrize("augment, max_side", [(AugmentConfig(), 128), (AugmentConfig(scale=1.5, light=0.5), 224)],
+                         ids=["plain", "augmented"])
+def test_resume_continues_exactly(small_street, tmp_path, augment, max_side):
+    """A run stopped after step 2 and resumed ends where an uninterrupted run ends, also
+    when its pairs are augmented (the draws come from the checkpointed generator; images
+    large enough that a shrunk one leaves negatives outside the mining radius)."""
+    config = dataclasses.replace(FAST, augment=augment, max_side=max_side)
+    straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt", config))
     partial = tmp_path / "partial.pt"
-    _run(small_street, partial, dataclasses.replace(FAST, iterations=2))
+    _run(small_street, partial, dataclasses.replace(config, iterations=2))
     assert load_checkpoint(partial).step == 2
     with pytest.raises(InputError, match="iterations"):  # a resumed run keeps its config
-        _run(small_street, partial, resume=True)
+        _run(small_street, partial, config, resume=True)
     # Stand in for a run of 3 steps killed after its checkpoint at step 2.
     checkpoint = torch.load(partial, weights_only=True)
     checkpoint["config"]["iterations"] = 3
     torch.save(checkpoint, partial)
-    resumed = load_checkpoint(_run(small_street, partial, resume=True))
+    resumed = load_checkpoint(_run(small_street, partial, config, resume=True))
     assert resumed.step == straight.step == 3
     assert [h["total"] for h in resumed.metrics["history"]] == [h["total"] for h in straight.metrics["history"]]
     for name, value in straight.model_state.items():
@@ -138,11 +144,12 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
         "--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
         "--output", str(output), "--iterations", "1", "--max-side", "128", "--validate-every", "0",
         "--hypercolumn-norm", "joint", "--combined-weight", "0.5", "--dense-weight", "0.25",
-        "--dense-temperature", "0.1"])
+        "--dense-temperature", "0.1", "--scale-augment", "1.4", "--light-augment", "0.3"])
     assert result.exit_code == 0, result.output
     config = load_checkpoint(output).config
     assert config["hypercolumn_norm"] == "joint" and config["loss"]["combined_weight"] == 0.5
     assert config["loss"]["dense_weight"] == 0.25 and config["loss"]["dense_temperature"] == 0.1
+    assert config["augment"] == {"scale": 1.4, "light": 0.3}
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
 
 
@@ -174,11 +181,13 @@ def test_folders_in_another_order_are_other_data(small_street, tmp_path):
 
 
 def test_checkpoint_without_a_source_record_still_resumes(small_street, tmp_path):
-    """Checkpoints written before runs recorded their data resume on whatever data they are given."""
+    """Checkpoints written before runs recorded their data (and before augmentation existed)
+    resume on whatever data they are given."""
     partial = tmp_path / "partial.pt"
     _run(small_street, partial, dataclasses.replace(FAST, iterations=2))
     checkpoint = torch.load(partial, weights_only=True)
     del checkpoint["metrics"]["sources"]
+    del checkpoint["config"]["augment"]
     checkpoint["config"]["iterations"] = 3
     torch.save(checkpoint, partial)
     resumed = load_checkpoint(_run(small_street, partial, resume=True))

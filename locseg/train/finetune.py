@@ -9,7 +9,8 @@ reads the schedule at k = ``mining_offset`` + its own step, so the negatives kee
 getting harder across runs instead of starting over. The loss is the double-margin contrastive
 loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and AdamW
 (weight decay 0.05) minimises it. Optionally (``FinetuneLossConfig.combined_weight``, not
-in the seed) one more DMC term compares the whole hypercolumn maps, as matching does.
+in the seed) one more DMC term compares the whole hypercolumn maps, as matching does,
+and ``FinetuneConfig.augment`` changes the scale and light of each pair (``augment``).
 
 A run writes ``output`` (a training checkpoint, atomically, every
 ``checkpoint_every`` steps and at the end) and ``output`` with the suffix
@@ -44,6 +45,7 @@ from ..models.hypercolumn import (
 )
 from ..models.load import load_hypercolumns
 from ..models.weights import save_safetensors
+from .augment import AugmentConfig, augment_pair
 from .losses import FinetuneLossConfig, total_finetune_loss
 from .mining import mining_pool_size, sample_positives
 from .pairs import CorrespondencePairs, PairSample
@@ -75,6 +77,7 @@ class FinetuneConfig:
     seed: int = 0
     mining_offset: int = 0                # steps of the runs this one continues: M is read at offset + step
     loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # scale and light changes (not in the seed)
 
     def __post_init__(self) -> None:
         if self.mining_offset < 0:
@@ -183,6 +186,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     model.train()
     while run.step < config.iterations:
         sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=run.generator))]]
+        sample = augment_pair(sample, config.augment, run.generator)
         if len(sample.points_a) < MIN_POINTS:
             run.step += 1
             run.metrics["skipped"] = run.metrics.get("skipped", 0) + 1
