@@ -573,7 +573,7 @@ register_bundled(
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-pspnet-v3", "synthseasons-slim-pspnet-v3.safetensors",
-    "fd90222c3c32b0476b224b495e4663e29bec2ecbbbb9c7782cd6a1bb88976233",
+    "012b5adcb844cd7ccd0c9d0ad896bc27b40c26ac125477b06293f261751617b7",
     "segmentation: a one-label-per-condition model (3000 steps on SynthSeasons train streets 0-2) continued "
     "3000 steps with CE (lambda 0.25) on the cross-condition correspondences of train streets 3, 4 and 6-13 "
     "(reference and sunday traversals, pairs on parked cars and on the sky), backbone at half the head's "
