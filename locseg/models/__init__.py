@@ -23,6 +23,7 @@ from .hypercolumn import (
 from .preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    denormalize_image,
     load_image,
     normalize_image,
     prepare_image,
@@ -38,6 +39,7 @@ __all__ = [
     "VGG16_WIDTHS",
     "Hypercolumns",
     "build_backbone",
+    "denormalize_image",
     "load_image",
     "load_torchvision_vgg16",
     "normalize_image",

@@ -163,12 +163,22 @@ def resize_image(image: torch.Tensor, camera: Camera | None = None, max_side: in
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation ``(image - mean) / std`` per RGB channel; (..., 3, H, W) -> same."""
+    mean, std = _imagenet_statistics(image)
+    return (image - mean) / std
+
+
+def denormalize_image(image: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``normalize_image``: ``image * std + mean``; (..., 3, H, W) -> same."""
+    mean, std = _imagenet_statistics(image)
+    return image * std + mean
+
+
+def _imagenet_statistics(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) mean and std on ``image``'s device and dtype, after checking it is (..., 3, H, W)."""
     if not isinstance(image, torch.Tensor) or image.ndim < 3 or image.shape[-3] != 3:
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ShapeError(f"image has shape {got}, expected (..., 3, H, W) RGB")
-    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = image.new_tensor(IMAGENET_STD)[:, None, None]
-    return (image - mean) / std
+    return image.new_tensor(IMAGENET_MEAN)[:, None, None], image.new_tensor(IMAGENET_STD)[:, None, None]
 
 
 def prepare_image(image: torch.Tensor | str | Path, camera: Camera | None = None,

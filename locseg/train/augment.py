@@ -28,7 +28,7 @@ import kornia
 import torch
 
 from ..errors import InputError
-from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..models.preprocess import denormalize_image, normalize_image
 from .pairs import PairSample
 
 GAIN_RANGE = (0.15, 1.2)        # multiplies the linear image; log-uniform
@@ -100,16 +100,14 @@ def shrink(image: torch.Tensor, points: torch.Tensor, factor: float) -> tuple[to
 
 def relight(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A (3, H, W) ImageNet-normalised image under random gamma, gain, tint and noise (same shape)."""
-    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = image.new_tensor(IMAGENET_STD)[:, None, None]
-    rgb = (image * std + mean).clamp(0.0, 1.0)
+    rgb = denormalize_image(image).clamp(0.0, 1.0)
     gamma = _log_uniform(GAMMA_RANGE, generator)
     gain = _log_uniform(GAIN_RANGE, generator)
     tint = image.new_tensor([_log_uniform(TINT_RANGE, generator) for _ in range(3)])[:, None, None]
     sigma = NOISE_RANGE[0] + (NOISE_RANGE[1] - NOISE_RANGE[0]) * _uniform(generator)
     noise = torch.randn(rgb.shape, generator=generator, dtype=rgb.dtype) * sigma
     changed = (rgb.pow(gamma) * gain * tint + noise).clamp(0.0, 1.0)
-    return (changed - mean) / std
+    return normalize_image(changed)
 
 
 def _uniform(generator: torch.Generator) -> float:
