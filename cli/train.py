@@ -37,7 +37,9 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=defaults.checkpoint_every,
                      show_default=True),
         click.option("--seed", type=int, default=defaults.seed, show_default=True),
-        click.option("--resume", is_flag=True, help="Continue the run saved in --output."),
+        click.option("--resume", is_flag=True, help="Continue the run saved in --output" + (
+            "; a larger --iterations than it was started with trains it on."
+            if "iterations" in getattr(defaults, "resume_may_change", ()) else ".")),
         device_option,
     ]
 

@@ -35,7 +35,7 @@ import os
 import pickle
 import random
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ def load_checkpoint(
     config: Mapping[str, Any] | None = None,
     allow_config_change: bool = False,
     defaults: Mapping[str, Any] | None = None,
+    free_keys: Iterable[str] = (),
 ) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
@@ -132,6 +133,8 @@ def load_checkpoint(
             (``config_differences``).
         allow_config_change: accept a differing ``config`` (the caller decides
             what resuming under a new config means).
+        free_keys: top-level keys of ``config`` that may differ from the saved
+            ones, e.g. where a run stops, which does not change the steps before.
 
     Raises:
         InputError: the file does not exist, or ``config`` differs from the saved
@@ -145,7 +148,9 @@ def load_checkpoint(
         raise InputError(f"checkpoint {path} does not exist")
     content = _read(path)
     if config is not None and not allow_config_change:
-        differences = config_differences(content["config"], config, defaults=defaults)
+        free = set(free_keys)
+        differences = [key for key in config_differences(content["config"], config, defaults=defaults)
+                       if key not in free]
         if differences:
             raise InputError(
                 f"checkpoint {path} was written with a different config; differing keys: "

@@ -17,7 +17,8 @@ A run writes ``output`` (a training checkpoint, atomically, every
 ``.safetensors`` (the backbone weights alone, for the weight registry). With
 ``resume`` it continues from ``output`` exactly where it stopped: same weights,
 optimizer state, step and random state, refusing a different config or other
-correspondence folders (the checkpoint records them and their pair count). A few pairs
+correspondence folders (the checkpoint records them and their pair count). Only
+``iterations`` may change: a larger value trains a finished run on. A few pairs
 are held out of training and the matching precision on them is logged; they come
 from the same streets (and may share images with training pairs), so this tracks
 progress, and a test street the model never saw judges it (locseg evaluate-features).
@@ -30,6 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,9 @@ MIN_POINTS = 8        # a pair with fewer correspondences in view is skipped
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that determines a fine-tuning run (stored in its checkpoint)."""
+
+    # the learning rate is constant, so a resumed run may stop later (or earlier) than planned
+    resume_may_change: ClassVar[tuple[str, ...]] = ("iterations",)
 
     backbone: str = "vgg16-slim"
     init: str | None = None               # weights: a bundled name, a file or a URL; None = random

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -21,9 +21,16 @@ from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_chec
 
 
 class RunConfig(Protocol):
-    """A training command's config: a dataclass whose defaults construct it, with a seed."""
+    """A training command's config: a dataclass whose defaults construct it, with a seed.
+
+    ``resume_may_change`` names the fields a resumed run may set anew, because they do not
+    change the steps already taken (``iterations`` where the learning rate has no schedule
+    that depends on it: resuming with a larger value trains the run on). A config class
+    without the attribute allows none.
+    """
 
     seed: int
+    resume_may_change: ClassVar[tuple[str, ...]]
 
     def to_dict(self) -> dict: ...
 
@@ -44,8 +51,8 @@ class Run:
     def start(output: str | Path, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
               resume: bool, sources: dict | None = None) -> Run:
         """A new run seeded by ``config.seed``, or with ``resume`` the run saved at ``output``
-        (same config only; an option newer than the checkpoint may stay at its default, as
-        the config class's defaults tell).
+        (same config only, but for ``config.resume_may_change``; an option newer than the
+        checkpoint may stay at its default, as the config class's defaults tell).
 
         ``sources`` describes the data the run trains on (JSON-like); it is kept in the
         checkpoint's metrics, and a resumed run must give the same (a checkpoint that
@@ -54,7 +61,8 @@ class Run:
         record = config.to_dict()
         run = Run(Path(output), record, model, optimizer, torch.Generator().manual_seed(config.seed))
         if resume:
-            checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict())
+            checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict(),
+                                         free_keys=getattr(type(config), "resume_may_change", ()))
             saved = checkpoint.metrics.get("sources", sources)
             if saved != sources:
                 raise InputError(f"{run.output} was trained on other data ({_first_difference(saved, sources)}); "
