@@ -10,7 +10,7 @@ from torch import nn
 
 from locseg.errors import InputError
 from locseg.models import Hypercolumns, build_backbone
-from locseg.models.widen import widen_backbone
+from locseg.models.widen import replica_spread, widen_backbone
 
 F64 = torch.float64
 
@@ -197,3 +197,24 @@ def test_widen_backbone_command_widens_a_segmentation_model_that_train_seg_can_c
         slim_segmentation.double()
         for model in (wide, continued):
             torch.testing.assert_close(model(images.float()).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_replica_spread_is_zero_when_widened_and_grows_as_replicas_move_apart(slim):
+    """Whatever the split noise, freshly widened replicas have the same summed incoming
+    weights; moving one replica's weights shows up in that layer only."""
+    wide = widen_backbone(slim, 2, "vgg16-half", split_noise=0.5)
+    spread = replica_spread(wide, 2)
+    assert list(spread)[:3] == ["conv1_1", "conv1_2", "conv2_1"] and len(spread) == 13
+    assert max(spread.values()) < 1e-12
+    conv3_1 = wide.features[10]
+    with torch.no_grad():
+        conv3_1.weight[1] += 0.1 * conv3_1.weight[0].norm() / conv3_1.weight[0].numel() ** 0.5
+    moved = replica_spread(wide, 2)
+    assert moved["conv3_1"] > 1e-3 and max(v for k, v in moved.items() if k != "conv3_1") < 1e-12
+
+
+def test_replica_spread_refuses_a_factor_that_does_not_divide_the_widths(slim):
+    with pytest.raises(InputError, match="factor must be an integer >= 2"):
+        replica_spread(slim, 1)
+    with pytest.raises(InputError, match="not 3 times"):
+        replica_spread(slim, 3)

@@ -99,6 +99,44 @@ def _split_inputs(weight: torch.Tensor, factor: int, split_noise: float,
     return split.reshape(c_out, c_in * factor, kh, kw)
 
 
+def replica_spread(model: VGG16, factor: int) -> dict[str, float]:
+    """How far training has set apart the replicas that ``widen_backbone`` made.
+
+    Replicas of a channel start with the same incoming weights, up to perturbations
+    that sum to zero over each group of replicated inputs. So each convolution's weight
+    is first summed over those groups (not for the first convolution, whose input, the
+    image, is not replicated), and replica r of every output channel is compared with
+    replica 0: ``||S_r - S_0|| / ||S_0||``, averaged over r = 1..factor-1. Right after
+    widening this is 0 in every layer, and while it stays near 0 the wide backbone
+    computes nearly the narrow one's function: its extra channels add nothing yet.
+
+    Args:
+        model: a backbone whose widths are ``factor`` times a narrow one's.
+        factor: the widening factor, an integer >= 2.
+    Returns:
+        ``{conv name: spread}`` for every convolution, in network order.
+    Raises:
+        InputError: a factor < 2, or widths that ``factor`` does not divide.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise InputError(f"replica factor must be an integer >= 2, got {factor!r}")
+    if any(width % factor for width in model.widths):
+        raise InputError(f"widths {model.widths} are not {factor} times a narrow backbone's")
+    spread = {}
+    convs = [(layer.name, module) for layer, module in zip(model.layout, model.features)
+             if isinstance(module, nn.Conv2d)]
+    with torch.no_grad():
+        for position, (name, conv) in enumerate(convs):
+            weight = conv.weight.double()
+            c_out, c_in, kh, kw = weight.shape
+            if position > 0:
+                weight = weight.reshape(c_out, c_in // factor, factor, kh, kw).sum(dim=2)
+            first = weight[0::factor]
+            distances = [float((weight[r::factor] - first).norm() / first.norm()) for r in range(1, factor)]
+            spread[name] = sum(distances) / len(distances)
+    return spread
+
+
 def widen_segmentation(model: SegmentationModel, factor: int, name: str, split_noise: float = DEFAULT_SPLIT_NOISE,
                        seed: int = 0) -> SegmentationModel:
     """A segmentation model on a ``factor`` times wider backbone ``name`` that computes the
