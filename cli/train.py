@@ -39,7 +39,7 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
         click.option("--seed", type=int, default=defaults.seed, show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run saved in --output" + (
             "; a larger --iterations than it was started with trains it on."
-            if "iterations" in getattr(defaults, "resume_may_change", ()) else ".")),
+            if "iterations" in defaults.resume_may_change else ".")),
         device_option,
     ]
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -102,6 +103,9 @@ class RetrievalModel(nn.Module):
 @dataclass(frozen=True)
 class RetrievalConfig:
     """Everything that determines a retrieval training run."""
+
+    # a resumed run keeps every setting
+    resume_may_change: ClassVar[tuple[str, ...]] = ()
 
     backbone: str = "vgg16-slim"
     init: str | None = None

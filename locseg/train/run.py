@@ -25,8 +25,7 @@ class RunConfig(Protocol):
 
     ``resume_may_change`` names the fields a resumed run may set anew, because they do not
     change the steps already taken (``iterations`` where the learning rate has no schedule
-    that depends on it: resuming with a larger value trains the run on). A config class
-    without the attribute allows none.
+    that depends on it: resuming with a larger value trains the run on); () allows none.
     """
 
     seed: int
@@ -62,7 +61,7 @@ class Run:
         run = Run(Path(output), record, model, optimizer, torch.Generator().manual_seed(config.seed))
         if resume:
             checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict(),
-                                         free_keys=getattr(type(config), "resume_may_change", ()))
+                                         free_keys=type(config).resume_may_change)
             saved = checkpoint.metrics.get("sources", sources)
             if saved != sources:
                 raise InputError(f"{run.output} was trained on other data ({_first_difference(saved, sources)}); "

@@ -52,6 +52,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -98,6 +99,9 @@ NON_STATIONARY_NAMES = tuple(CLASSES[c] for c in NON_STATIONARY)
 @dataclass(frozen=True)
 class SegConfig:
     """Everything that determines a segmentation training run (stored in its checkpoint)."""
+
+    # the poly decay reads iterations, so a resumed run keeps them
+    resume_may_change: ClassVar[tuple[str, ...]] = ()
 
     backbone: str = "vgg16-slim"
     backbone_mode: str = "finetune"
