@@ -9,7 +9,11 @@ bias. A convolution that reads replicated channels splits each narrow input weig
 one group sum to zero; the sum over the group is ``w`` again, so the wide layer's
 output equals the narrow one's exactly, whatever the perturbations. They exist to
 break the symmetry between replicas, which would otherwise receive identical
-gradients forever.
+gradients forever. The break is slow: replicas keep the same incoming weights and
+differ only through the perturbed outgoing ones. v3 widened with the default noise
+and fine-tuned for 500 steps at lr 1.5e-4 had its replicas at most 6 % apart
+(``replica_spread``; benchmarks/RESULTS.md), and the wide model trained like the
+narrow one.
 
 ReLU and max-pooling act channel by channel, so they commute with replication.
 Every activation of the wide backbone is therefore the narrow activation with each
