@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from locseg.errors import LocsegError
 from locseg.models.backbone import build_backbone
 from locseg.models.load import backbone_state
 from locseg.models.widen import replica_spread
@@ -69,9 +70,13 @@ def main() -> None:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"each run is NAME=CHECKPOINT, got {spec!r}")
-        checkpoint = load_checkpoint(path)
+        try:
+            checkpoint = load_checkpoint(path)
+        except LocsegError as error:
+            parser.error(str(error))
         histories[name] = checkpoint.metrics.get("history", [])
-        if args.replicas > 1 and checkpoint.config.get("backbone") != "vgg16-slim":
+        widened = checkpoint.config.get("init") and checkpoint.config.get("backbone") != "vgg16-slim"
+        if args.replicas > 1 and widened:  # a wide run from random weights has no replicas to compare
             backbone = build_backbone(checkpoint.config["backbone"])
             backbone.load_state_dict(backbone_state(checkpoint.model_state, path))
             spreads[name] = replica_spread(backbone, args.replicas)
