@@ -19,6 +19,7 @@ the narrow one's function).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from locseg.errors import LocsegError
 from locseg.models.backbone import build_backbone
 from locseg.models.load import backbone_state
+from locseg.models.weights import read_safetensors_metadata
 from locseg.models.widen import replica_spread
 from locseg.train.checkpoint import load_checkpoint
 
@@ -48,10 +50,29 @@ def held_out_precision(history: list[dict]) -> dict[int, float]:
     return {entry["step"]: entry["precision"]["all"] for entry in history if "precision" in entry}
 
 
-def markdown(rows: dict[int, list[str]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    lines += ["| " + " | ".join([str(step), *cells]) + " |" for step, cells in sorted(rows.items())]
-    return "\n".join(lines)
+def markdown(header: list[str], rows: list[list[str]], first: str = "---:") -> str:
+    """A Markdown table whose columns after the first are right-aligned (``first``: the first's rule)."""
+    lines = ["| " + " | ".join(header) + " |", f"|{first}|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def step_table(series: dict[str, dict[int, float]], digits: int) -> str:
+    """One row per step that any run has, one column per run (blank where it has none)."""
+    steps = sorted(set().union(*series.values()))
+    rows = [[str(step), *(f"{values[step]:.{digits}f}" if step in values else "" for values in series.values())]
+            for step in steps]
+    return markdown(["step", *series], rows)
+
+
+def widening_factor(init: str | None) -> int | None:
+    """The factor ``locseg widen-backbone`` recorded in the ``init`` weights' recipe, if it made them."""
+    if not init:
+        return None
+    try:
+        recipe = json.loads(read_safetensors_metadata(init).get("recipe", "{}"))
+    except LocsegError:  # the weights are gone, or not safetensors
+        return None
+    return recipe.get("factor") if "widened_from" in recipe else None
 
 
 def main() -> None:
@@ -75,8 +96,7 @@ def main() -> None:
         except LocsegError as error:
             parser.error(str(error))
         histories[name] = checkpoint.metrics.get("history", [])
-        widened = checkpoint.config.get("init") and checkpoint.config.get("backbone") != "vgg16-slim"
-        if args.replicas > 1 and widened:  # a wide run from random weights has no replicas to compare
+        if args.replicas > 1 and widening_factor(checkpoint.config.get("init")) == args.replicas:
             backbone = build_backbone(checkpoint.config["backbone"])
             backbone.load_state_dict(backbone_state(checkpoint.model_state, path))
             spreads[name] = replica_spread(backbone, args.replicas)
@@ -85,25 +105,17 @@ def main() -> None:
 
     for term in args.terms:
         means = {name: windowed_means(history, term, args.window) for name, history in histories.items()}
-        steps = sorted(set().union(*means.values()))
-        rows = {s: [f"{means[n][s]:.3f}" if s in means[n] else "" for n in histories] for s in steps}
         print(f"\nmean {term} per window of {args.window} steps (row: the last step of each)\n")
-        print(markdown(rows, ["step", *histories]))
+        print(step_table(means, 3))
 
-    checks = {name: held_out_precision(history) for name, history in histories.items()}
-    steps = sorted(set().union(*checks.values()))
-    rows = {s: [f"{checks[n][s]:.1f}" if s in checks[n] else "" for n in histories] for s in steps}
     print("\nheld-out precision, all conditions (%)\n")
-    print(markdown(rows, ["step", *histories]))
+    print(step_table({name: held_out_precision(history) for name, history in histories.items()}, 1))
 
     if spreads:
         layers = list(next(iter(spreads.values())))
         print(f"\nspread of the {args.replicas} replicas of each channel, relative to the first\n")
-        lines = ["| run | " + " | ".join(layers) + " |", "|---|" + "---:|" * len(layers)]
-        lines += [f"| {name} | " + " | ".join(f"{spread.get(layer, float('nan')):.3f}" for layer in layers) + " |"
-                  for name, spread in spreads.items()]
-        print("\n".join(lines))
-
+        print(markdown(["run", *layers], [[name, *(f"{spread[layer]:.3f}" for layer in layers)]
+                                          for name, spread in spreads.items()], first="---"))
 
 if __name__ == "__main__":
     main()

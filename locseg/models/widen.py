@@ -70,8 +70,7 @@ def widen_backbone(model: VGG16, factor: int, name: str, split_noise: float = DE
     Raises:
         InputError: a factor that is not an integer >= 1, or negative noise.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise InputError(f"widening factor must be an integer >= 1, got {factor!r}")
+    _check_factor(factor, 1, "widening")
     if not split_noise >= 0:
         raise InputError(f"split_noise must be >= 0, got {split_noise!r}")
     reference = next(model.parameters())
@@ -88,6 +87,11 @@ def widen_backbone(model: VGG16, factor: int, name: str, split_noise: float = DE
             conv.weight.copy_(weight)
             conv.bias.copy_(narrow.bias.repeat_interleave(factor))
     return wide
+
+
+def _check_factor(factor: int, minimum: int, role: str) -> None:
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < minimum:
+        raise InputError(f"{role} factor must be an integer >= {minimum}, got {factor!r}")
 
 
 def _split_inputs(weight: torch.Tensor, factor: int, split_noise: float,
@@ -122,8 +126,7 @@ def replica_spread(model: VGG16, factor: int) -> dict[str, float]:
     Raises:
         InputError: a factor < 2, or widths that ``factor`` does not divide.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise InputError(f"replica factor must be an integer >= 2, got {factor!r}")
+    _check_factor(factor, 2, "replica")
     if any(width % factor for width in model.widths):
         raise InputError(f"widths {model.widths} are not {factor} times a narrow backbone's")
     spread = {}
