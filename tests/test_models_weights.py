@@ -40,9 +40,9 @@ def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)  # safetensors stores keys in its own order
-    for key in a:
-        assert a[key].dtype == b[key].dtype, key
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert value.dtype == b[key].dtype, key
+        assert torch.equal(value, b[key]), key
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -170,7 +171,7 @@ def test_gn_loss_grows_with_a_shifted_target():
         # the GN step lands on kp - shift, where F_b equals the target: e = (-shift, 0)
         assert terms.alignment.item() == pytest.approx(0.5 * A**2 * shift**2, abs=1e-9)
         totals.append(terms.total.item())
-    assert all(b > a for a, b in zip(totals, totals[1:]))
+    assert all(b > a for a, b in itertools.pairwise(totals))
 
 
 def test_gn_matches_a_direct_linear_algebra_implementation():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -54,7 +55,7 @@ def test_pool_size_schedule_values():
 
 def test_pool_size_is_monotone_and_rounds_half_up():
     sizes = [mining_pool_size(k) for k in range(0, 200000, 250)]
-    assert all(b <= a for a, b in zip(sizes, sizes[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(sizes))
     assert min(sizes) == 5 and max(sizes) == 300
     # 2.5 rounds to 3 (half up), where Python's round would give 2
     assert mining_pool_size(0, start=5, floor=1, rate=math.log(2), scale=1) == 5

@@ -18,15 +18,17 @@ value's own dtype and device: a float32 camera computes in float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError, ShapeError
 
+if TYPE_CHECKING:  # annotations only: typing.Self is Python 3.11+
+    from typing_extensions import Self
+
 TensorLike = Any  # torch.Tensor | np.ndarray | a nested sequence of numbers
-W = TypeVar("W", bound="TensorWrapper")
 
 
 def as_float_tensor(x: TensorLike, name: str) -> torch.Tensor:
@@ -116,7 +118,7 @@ class TensorWrapper:
     def __init__(self, data: torch.Tensor):
         self.data = data
 
-    def _new(self: W, data: torch.Tensor) -> W:
+    def _new(self, data: torch.Tensor) -> Self:
         """A value of the same kind (and extra attributes) holding ``data``."""
         return type(self)(data)
 
@@ -148,7 +150,7 @@ class TensorWrapper:
             raise TypeError(f"len() of an unbatched {type(self).__name__}")
         return self.data.shape[0]
 
-    def __getitem__(self: W, index: Any) -> W:
+    def __getitem__(self, index: Any) -> Self:
         """Index the batch dimensions; the parameter dimension is kept whole."""
         index = index if isinstance(index, tuple) else (index,)
         if any(i is Ellipsis for i in index):
@@ -157,30 +159,30 @@ class TensorWrapper:
             full = (*index, Ellipsis, slice(None))
         return self._new(self.data[full])
 
-    def reshape(self: W, *shape: int) -> W:
+    def reshape(self, *shape: int) -> Self:
         """Reshape the batch dimensions (``shape`` excludes the parameter dim)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
             shape = tuple(shape[0])
         return self._new(self.data.reshape(*shape, self.data.shape[-1]))
 
-    def to(self: W, *args: Any, **kwargs: Any) -> W:
+    def to(self, *args: Any, **kwargs: Any) -> Self:
         """Move or cast, with the arguments of ``torch.Tensor.to``."""
         return self._new(self.data.to(*args, **kwargs))
 
-    def float(self: W) -> W:
+    def float(self) -> Self:
         return self._new(self.data.float())
 
-    def double(self: W) -> W:
+    def double(self) -> Self:
         return self._new(self.data.double())
 
-    def cpu(self: W) -> W:
+    def cpu(self) -> Self:
         return self._new(self.data.cpu())
 
-    def detach(self: W) -> W:
+    def detach(self) -> Self:
         return self._new(self.data.detach())
 
     @classmethod
-    def stack(cls: type[W], values: Sequence[W], dim: int = 0) -> W:
+    def stack(cls, values: Sequence[Self], dim: int = 0) -> Self:
         """Stack values of equal batch shape along a new batch dimension ``dim``.
 
         Args:

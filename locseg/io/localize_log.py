@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from locseg.errors import FormatError
 
 from ._common import read_text
+
+if TYPE_CHECKING:  # annotations only: typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 
 def read_log(path: str | Path) -> dict[str, dict]:
@@ -71,7 +75,7 @@ class LogWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and \
             self.path.read_bytes()[-1:] != b"\n"
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- held open until close()
         if needs_newline:
             self._file.write("\n")
 
@@ -84,7 +88,7 @@ class LogWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> LogWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

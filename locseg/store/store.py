@@ -61,7 +61,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
@@ -85,6 +85,9 @@ from .layout import (
     write_header,
 )
 from .lock import WriterLock
+
+if TYPE_CHECKING:  # annotations only: typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 DEFAULT_FLUSH_BYTES = 64 * 2**20
 """A writer writes a shard once its buffered arrays exceed this many bytes."""
@@ -499,7 +502,7 @@ class FeatureStore:
         if self.mode != "a":
             raise InputError(f"feature store {self.path} is open read-only (mode='r'); open it with mode='a' to write")
 
-    def __enter__(self) -> FeatureStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
