@@ -1,7 +1,7 @@
 """Training curves of several ``finetune-features`` runs side by side, from their checkpoints.
 
     python benchmarks/compare_runs.py slim=outputs/runs/control.pt half=outputs/runs/half-long.pt \\
-        [--window 250] [--terms dmc gn total] [--replicas 2]
+        [--window 250] [--terms dmc gn total] [--replicas 2] [--cpu-every 0.5]
 
 Every checkpoint keeps the loss breakdown of each step it took and the held-out
 matching precision of each check (``metrics["history"]``). This prints, per window of
@@ -9,6 +9,12 @@ matching precision of each check (``metrics["history"]``). This prints, per wind
 precision at every check, as Markdown tables. Runs that continue others (``--init``)
 count their steps from 1, so compare runs that started from the same weights, on the
 same pairs (same seed and streets), to read the difference as the change between them.
+
+Runs of models that cost differently per step are compared at equal compute too: the
+held-out precision each run had reached after every ``--cpu-every`` hours of CPU, from the
+CPU time its checkpoints record (``metrics["cpu_seconds"]``). For a run resumed from a
+checkpoint older than that record, the steps before counting began are costed at the mean
+rate per step measured since, and the run is marked as estimated.
 
 With ``--replicas F``, runs warm-started by ``locseg widen-backbone`` with factor F
 also get, per convolution, how far apart training has set the F replicas of each narrow
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,6 +55,29 @@ def windowed_means(history: list[dict], term: str, window: int) -> dict[int, flo
 def held_out_precision(history: list[dict]) -> dict[int, float]:
     """The held-out precision (all conditions, %) at every step where it was checked."""
     return {entry["step"]: entry["precision"]["all"] for entry in history if "precision" in entry}
+
+
+def cpu_hours(metrics: dict) -> tuple[Callable[[int], float], bool] | None:
+    """Cumulative CPU hours as a function of the step, from a run's recorded saves, and
+    whether the steps before ``cpu_counted_from`` were estimated; None without a record."""
+    saves = metrics.get("cpu_seconds", [])
+    start = int(metrics.get("cpu_counted_from", 0))
+    if not saves or saves[-1][0] <= start:
+        return None
+    steps = np.array([start] + [step for step, _ in saves], dtype=float)
+    seconds = np.array([0.0] + [value for _, value in saves])
+    before = start * seconds[-1] / (steps[-1] - start)  # the uncounted steps at the mean rate since
+    return (lambda step: (before + float(np.interp(step, steps, seconds))) / 3600.0), start > 0
+
+
+def precision_at_cpu(checks: dict[int, float], hours: Callable[[int], float], budgets: list[float]) -> dict:
+    """For each CPU budget, ``(precision, step)`` of the last check reached within it (absent before the first)."""
+    out = {}
+    for budget in budgets:
+        reached = [step for step in checks if hours(step) <= budget + 1e-9]
+        if reached:
+            out[budget] = (checks[max(reached)], max(reached))
+    return out
 
 
 def markdown(header: list[str], rows: list[list[str]], first: str = "---:") -> str:
@@ -82,11 +112,15 @@ def main() -> None:
     parser.add_argument("--terms", nargs="+", default=["dmc", "gn"], help="loss terms to average")
     parser.add_argument("--replicas", type=int, default=0,
                         help="widening factor F: also show how far the replicas of widened runs have moved apart")
+    parser.add_argument("--cpu-every", type=float, default=0.5,
+                        help="hours of CPU between the rows of the equal-compute table")
     args = parser.parse_args()
     if args.window < 1:
         parser.error(f"--window must be >= 1, got {args.window}")
+    if not args.cpu_every > 0:
+        parser.error(f"--cpu-every must be > 0 hours, got {args.cpu_every}")
 
-    histories, spreads = {}, {}
+    histories, spreads, clocks = {}, {}, {}
     for spec in args.runs:
         name, sep, path = spec.partition("=")
         if not sep:
@@ -96,12 +130,16 @@ def main() -> None:
         except LocsegError as error:
             parser.error(str(error))
         histories[name] = checkpoint.metrics.get("history", [])
+        clock = cpu_hours(checkpoint.metrics)
+        if clock:
+            clocks[name] = clock
         if args.replicas > 1 and widening_factor(checkpoint.config.get("init")) == args.replicas:
             backbone = build_backbone(checkpoint.config["backbone"])
             backbone.load_state_dict(backbone_state(checkpoint.model_state, path))
             spreads[name] = replica_spread(backbone, args.replicas)
+        cost = f", {clock[0](checkpoint.step):.2f} CPU h{' (estimated in part)' if clock[1] else ''}" if clock else ""
         print(f"{name}: {path}, step {checkpoint.step}, backbone {checkpoint.config.get('backbone')}, "
-              f"lr {checkpoint.config.get('lr')}, seed {checkpoint.config.get('seed')}")
+              f"lr {checkpoint.config.get('lr')}, seed {checkpoint.config.get('seed')}{cost}")
 
     for term in args.terms:
         means = {name: windowed_means(history, term, args.window) for name, history in histories.items()}
@@ -110,6 +148,18 @@ def main() -> None:
 
     print("\nheld-out precision, all conditions (%)\n")
     print(step_table({name: held_out_precision(history) for name, history in histories.items()}, 1))
+
+    if clocks:
+        checks = {name: held_out_precision(histories[name]) for name in clocks}
+        last = max(hours(max(checks[name], default=0)) for name, (hours, _) in clocks.items())
+        budgets = [args.cpu_every * k for k in range(1, int(last / args.cpu_every) + 1)]
+        reached = {name: precision_at_cpu(checks[name], hours, budgets) for name, (hours, _) in clocks.items()}
+        rows = [[f"{budget:g}", *(f"{reached[name][budget][0]:.1f} (step {reached[name][budget][1]})"
+                                  if budget in reached[name] else "" for name in clocks)] for budget in budgets]
+        estimated = [name for name, (_, partly) in clocks.items() if partly]
+        note = f"; {', '.join(estimated)}: CPU time estimated before counting began" if estimated else ""
+        print(f"\nheld-out precision after equal CPU time (%, and the step of that check{note})\n")
+        print(markdown(["CPU h", *clocks], rows))
 
     if spreads:
         layers = list(next(iter(spreads.values())))

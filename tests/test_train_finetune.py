@@ -50,6 +50,19 @@ def test_resume_continues_exactly(small_street, tmp_path, augment, max_side):
     assert "all" in straight.metrics["history"][-1]["precision"]
 
 
+def test_checkpoints_record_cpu_time_across_resumes(small_street, tmp_path):
+    """Each save records the run's cumulative CPU time at its step; a resumed run keeps the
+    earlier saves and counts on from the last one."""
+    partial = tmp_path / "partial.pt"
+    _run(small_street, partial, dataclasses.replace(FAST, iterations=2, validate_every=0))
+    first = load_checkpoint(partial).metrics["cpu_seconds"]
+    assert [step for step, _ in first] == [1, 2] and 0 < first[0][1] <= first[1][1]
+    resumed = load_checkpoint(_run(small_street, partial, dataclasses.replace(FAST, validate_every=0), resume=True))
+    saves = resumed.metrics["cpu_seconds"]
+    assert saves[:2] == first and saves[2][0] == 3 and saves[2][1] > first[1][1]
+    assert "cpu_counted_from" not in resumed.metrics
+
+
 def test_exported_weights_initialise_a_new_run(small_street, tmp_path):
     output = _run(small_street, tmp_path / "run.pt", dataclasses.replace(FAST, iterations=1, validate_every=0))
     weights = output.with_suffix(".safetensors")
@@ -183,11 +196,13 @@ def test_checkpoint_without_a_source_record_still_resumes(small_street, tmp_path
     _run(small_street, partial, dataclasses.replace(FAST, iterations=2))
     checkpoint = torch.load(partial, weights_only=True)
     del checkpoint["metrics"]["sources"]
+    del checkpoint["metrics"]["cpu_seconds"]
     del checkpoint["config"]["augment"]
     checkpoint["config"]["iterations"] = 3
     torch.save(checkpoint, partial)
     resumed = load_checkpoint(_run(small_street, partial, resume=True))
     assert resumed.step == 3 and resumed.metrics["sources"]["pairs"] > 0
+    assert resumed.metrics["cpu_counted_from"] == 2 and [s for s, _ in resumed.metrics["cpu_seconds"]] == [3]
 
 
 def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path):

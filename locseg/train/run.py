@@ -4,10 +4,20 @@ A run owns a model, its optimizer and a torch.Generator from which the training
 loop draws all its samples. Its checkpoint holds all three plus the global random
 state, the step, the config and the metrics, so that a resumed run continues
 exactly as an uninterrupted one would (see ``locseg.train.checkpoint``).
+
+Every checkpoint also records how much CPU time the run has used up to its step, in
+``metrics["cpu_seconds"]``: a list of ``[step, seconds]``, one per save, cumulative over
+resumes. It is process time (every thread of the process, validation included), so
+runs of different models compare at equal compute even when they shared a machine.
+A run resumed from a checkpoint older than this record starts counting at that
+checkpoint's step, which it keeps in ``metrics["cpu_counted_from"]``.
+It is kept apart from ``metrics["history"]``, which holds only what the steps computed
+and is the same for a resumed run as for an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -45,6 +55,8 @@ class Run:
     generator: torch.Generator
     step: int = 0
     metrics: dict = field(default_factory=lambda: {"history": []})
+    _clock: float = field(default_factory=time.process_time, repr=False)
+    _cpu_base: float = field(default=0.0, repr=False)
 
     @staticmethod
     def start(output: str | Path, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -71,6 +83,9 @@ class Run:
             restore_rng_state(checkpoint.rng_state)
             run.generator.set_state(checkpoint.rng_state["loop_generator"])
             run.step, run.metrics = checkpoint.step, dict(checkpoint.metrics)
+            run._cpu_base = run.cpu_seconds_at_save()
+            if run.step and "cpu_seconds" not in run.metrics:
+                run.metrics.setdefault("cpu_counted_from", run.step)
         elif run.output.exists():
             raise InputError(f"{run.output} exists; pass resume to continue that run, or choose another output")
         if sources is not None:
@@ -85,8 +100,19 @@ class Run:
             self.metrics["init_digest"] = weights_digest(init)
         return self.metrics.get("init_digest")
 
+    def cpu_seconds(self) -> float:
+        """The process CPU time this run has used so far, over all its resumes."""
+        return self._cpu_base + time.process_time() - self._clock
+
+    def cpu_seconds_at_save(self) -> float:
+        """The CPU time recorded with the last save (0 if none was recorded)."""
+        saves = self.metrics.get("cpu_seconds", [])
+        return float(saves[-1][1]) if saves else 0.0
+
     def save(self) -> Path:
-        """Write the checkpoint (atomically)."""
+        """Write the checkpoint (atomically), with the CPU time used so far."""
+        saves = [entry for entry in self.metrics.get("cpu_seconds", []) if entry[0] < self.step]
+        self.metrics["cpu_seconds"] = [*saves, [self.step, round(self.cpu_seconds(), 3)]]
         return save_checkpoint(self.output, model_state=self.model.state_dict(),
                                optimizer_state=self.optimizer.state_dict(), step=self.step,
                                rng_state=rng_state() | {"loop_generator": self.generator.get_state()},
