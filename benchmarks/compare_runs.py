@@ -64,10 +64,11 @@ def cpu_hours(metrics: dict) -> tuple[Callable[[int], float], bool] | None:
     start = int(metrics.get("cpu_counted_from", 0))
     if not saves or saves[-1][0] <= start:
         return None
-    steps = np.array([start] + [step for step, _ in saves], dtype=float)
-    seconds = np.array([0.0] + [value for _, value in saves])
-    before = start * seconds[-1] / (steps[-1] - start)  # the uncounted steps at the mean rate since
-    return (lambda step: (before + float(np.interp(step, steps, seconds))) / 3600.0), start > 0
+    steps = np.array([0, start] + [step for step, _ in saves], dtype=float)
+    counted = np.array([0.0] + [value for _, value in saves])
+    before = start * counted[-1] / (steps[-1] - start)  # the uncounted steps at the mean rate since
+    seconds = np.concatenate([[0.0], before + counted])
+    return (lambda step: float(np.interp(step, steps, seconds)) / 3600.0), start > 0
 
 
 def precision_at_cpu(checks: dict[int, float], hours: Callable[[int], float], budgets: list[float]) -> dict:

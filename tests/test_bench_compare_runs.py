@@ -30,6 +30,7 @@ def test_uncounted_steps_cost_the_mean_rate_since(compare_runs):
     hours, estimated = compare_runs.cpu_hours({"cpu_counted_from": 1000, "cpu_seconds": [[1100, 360.0]]})
     assert estimated
     assert hours(1000) == pytest.approx(1.0) and hours(1100) == pytest.approx(1.1)
+    assert hours(500) == pytest.approx(0.5) and hours(0) == 0
 
 
 def test_equal_cpu_takes_the_last_check_within_each_budget(compare_runs):
