@@ -114,6 +114,9 @@ def train_seg(datasets: tuple[Path, ...], correspondences: tuple[Path, ...], ima
 
 
 def _format(parts: dict[str, float]) -> str:
+    """The loss terms of a step, or the validation mIoU of a check."""
+    if "miou" in parts:
+        return f"mIoU {100 * parts['miou']:.1f} (all conditions)"
     return " ".join(f"{k} {parts[k]:.3f}" for k in ("total", "sup", "corr") if k in parts)
 
 

@@ -133,6 +133,9 @@ def retrieval(streets: tuple[Path, ...], output: Path, init: str | None, backbon
 
 
 def _format_losses(losses: dict[str, float]) -> str:
+    """The loss terms of a step, or the held-out matching precision of a check."""
+    if "precision" in losses:
+        return f"matching precision {losses['precision']:.1f} % (all conditions)"
     return " ".join(f"{k} {losses[k]:.3f}" for k in ("total", "dmc", "gn", "dmc_combined", "dense", "loss") if k in losses)
 
 

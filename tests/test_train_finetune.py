@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 import pytest
 import torch
@@ -160,6 +161,17 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
     assert config["loss"]["dense_weight"] == 0.25 and config["loss"]["dense_temperature"] == 0.1
     assert config["augment"] == {"scale": 1.4, "light": 0.3}
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
+
+
+def test_the_command_shows_each_held_out_check(small_street, tmp_path):
+    output = tmp_path / "cli.pt"
+    result = CliRunner().invoke(finetune, [
+        "--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
+        "--output", str(output), "--iterations", "2", "--max-side", "128", "--validate-every", "1"])
+    assert result.exit_code == 0, result.output
+    checks = [entry["precision"]["all"] for entry in load_checkpoint(output).metrics["history"]]
+    shown = re.findall(r"held-out\s+\S*\s*(\d+)/2.*?matching precision ([\d.]+) %", result.output)
+    assert [float(value) for _, value in shown] == [round(value, 1) for value in checks]
 
 
 def test_resume_on_other_correspondences_is_refused(small_street, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,6 +171,7 @@ def test_commands_end_to_end(small_street, tmp_path):
     assert config["correspondence_loss"] == "hinge-f" and config["backbone_mode"] == "frozen"
     assert config["keep_classes"] == ["car"]
     assert weights.is_file() and weights.with_suffix(".best.safetensors").is_file()
+    assert re.search(r"validation\s+\S*\s*2/2.*mIoU [\d.]+ \(all conditions\)", out.output), out.output
     names = tmp_path / "names.txt"
     names.write_text("reference/cam0/000003.png\nnight/cam1/000001.png\n")
     args = ["--weights", str(weights), "--images", str(small_street / "images"), "--output", str(tmp_path / "seg"),

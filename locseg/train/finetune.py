@@ -204,6 +204,8 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
         record = dict(breakdown)
         if config.validate_every and (run.step % config.validate_every == 0 or run.step == config.iterations):
             record["precision"] = validate()
+            if progress:
+                progress("held-out", run.step, config.iterations, {"precision": record["precision"]["all"]})
         run.record(record)
         if progress:
             progress("fine-tune", run.step, config.iterations, breakdown)

@@ -498,6 +498,8 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         if validation_images and config.validate_every and (
                 run.step % config.validate_every == 0 or run.step == config.iterations):
             record["miou"] = _validate_and_keep_best(run, validation_images, images, config)
+            if progress and "all" in record["miou"]:
+                progress("validation", run.step, config.iterations, {"miou": record["miou"]["all"]})
         run.record(record)
         if progress:
             progress("train-seg", run.step, config.iterations, parts)
