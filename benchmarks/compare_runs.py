@@ -14,7 +14,8 @@ Runs of models that cost differently per step are compared at equal compute too:
 held-out precision each run had reached after every ``--cpu-every`` hours of CPU, from the
 CPU time its checkpoints record (``metrics["cpu_seconds"]``). For a run resumed from a
 checkpoint older than that record, the steps before counting began are costed at the mean
-rate per step measured since, and the run is marked as estimated.
+rate per step measured since, and the run is marked as estimated. Runs saved before
+locseg recorded CPU time are left out of that table.
 
 With ``--replicas F``, runs warm-started by ``locseg widen-backbone`` with factor F
 also get, per convolution, how far apart training has set the F replicas of each narrow

@@ -9,10 +9,10 @@ Every checkpoint also records how much CPU time the run has used up to its step,
 ``metrics["cpu_seconds"]``: a list of ``[step, seconds]``, one per save, cumulative over
 resumes. It is process time (every thread of the process, validation included), so
 runs of different models compare at equal compute even when they shared a machine.
-A run resumed from a checkpoint older than this record starts counting at that
-checkpoint's step, which it keeps in ``metrics["cpu_counted_from"]``.
-It is kept apart from ``metrics["history"]``, which holds only what the steps computed
-and is the same for a resumed run as for an uninterrupted one.
+The record is kept apart from ``metrics["history"]``, which holds only what the steps
+computed and is the same for a resumed run as for an uninterrupted one. A run resumed
+from a checkpoint older than the record starts counting at that checkpoint's step, which
+it keeps in ``metrics["cpu_counted_from"]``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Run:
             restore_rng_state(checkpoint.rng_state)
             run.generator.set_state(checkpoint.rng_state["loop_generator"])
             run.step, run.metrics = checkpoint.step, dict(checkpoint.metrics)
-            run._cpu_base = run.cpu_seconds_at_save()
+            run._cpu_base = run._cpu_seconds_saved()
             if run.step and "cpu_seconds" not in run.metrics:
                 run.metrics.setdefault("cpu_counted_from", run.step)
         elif run.output.exists():
@@ -104,7 +104,7 @@ class Run:
         """The process CPU time this run has used so far, over all its resumes."""
         return self._cpu_base + time.process_time() - self._clock
 
-    def cpu_seconds_at_save(self) -> float:
+    def _cpu_seconds_saved(self) -> float:
         """The CPU time recorded with the last save (0 if none was recorded)."""
         saves = self.metrics.get("cpu_seconds", [])
         return float(saves[-1][1]) if saves else 0.0
