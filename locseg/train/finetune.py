@@ -19,7 +19,8 @@ A run writes ``output`` (a training checkpoint, atomically, every
 optimizer state, step and random state, refusing a different config or other
 correspondence folders (the checkpoint records them and their pair count). Only
 ``iterations`` may change: a larger value trains a finished run on. A few pairs
-are held out of training and the matching precision on them is logged; they come
+are held out of training and the matching precision on them is recorded in the
+checkpoint's history and reported to ``progress`` (stage ``held-out``); they come
 from the same streets (and may share images with training pairs), so this tracks
 progress, and a test street the model never saw judges it (locseg evaluate-features).
 """
