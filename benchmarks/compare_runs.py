@@ -74,9 +74,10 @@ def cpu_hours(metrics: dict) -> tuple[Callable[[int], float], bool] | None:
 
 def precision_at_cpu(checks: dict[int, float], hours: Callable[[int], float], budgets: list[float]) -> dict:
     """For each CPU budget, ``(precision, step)`` of the last check reached within it (absent before the first)."""
+    spent = {step: hours(step) for step in checks}
     out = {}
     for budget in budgets:
-        reached = [step for step in checks if hours(step) <= budget + 1e-9]
+        reached = [step for step, used in spent.items() if used <= budget + 1e-9]
         if reached:
             out[budget] = (checks[max(reached)], max(reached))
     return out
@@ -148,11 +149,11 @@ def main() -> None:
         print(f"\nmean {term} per window of {args.window} steps (row: the last step of each)\n")
         print(step_table(means, 3))
 
+    checks = {name: held_out_precision(history) for name, history in histories.items()}
     print("\nheld-out precision, all conditions (%)\n")
-    print(step_table({name: held_out_precision(history) for name, history in histories.items()}, 1))
+    print(step_table(checks, 1))
 
     if clocks:
-        checks = {name: held_out_precision(histories[name]) for name in clocks}
         last = max(hours(max(checks[name], default=0)) for name, (hours, _) in clocks.items())
         budgets = [args.cpu_every * k for k in range(1, int(last / args.cpu_every) + 1)]
         reached = {name: precision_at_cpu(checks[name], hours, budgets) for name, (hours, _) in clocks.items()}
