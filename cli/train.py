@@ -10,7 +10,7 @@ import torch
 from locseg.models.backbone import BACKBONES
 from locseg.models.netvlad import RETRIEVAL_SOURCES
 from locseg.train.augment import AugmentConfig
-from locseg.train.finetune import FinetuneConfig, finetune_features
+from locseg.train.finetune import LR_SCHEDULES, FinetuneConfig, finetune_features
 from locseg.train.losses import FinetuneLossConfig
 from locseg.train.retrieval import RetrievalConfig, train_retrieval
 
@@ -58,6 +58,10 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               multiple=True, help="Root that the image paths in those files are relative to; one per folder.")
 @run_options(FinetuneConfig(), lr_default=None,
              lr_help="AdamW learning rate [default: 1e-7 with --init, as seed 002; 1e-4 from scratch].")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=FinetuneConfig().lr_schedule,
+              show_default=True,
+              help="constant (seed 002), or cosine: from --lr down to 0 at the last of --iterations "
+                   "(a resumed cosine run keeps its --iterations).")
 @click.option("--validate-every", type=click.IntRange(min=0), default=FinetuneConfig().validate_every,
               show_default=True,
               help="Steps between matching-precision checks on held-out pairs (0: never).")
@@ -84,13 +88,14 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
 @click.option("--light-augment", type=click.FloatRange(0, 1), default=AugmentConfig().light, show_default=True,
               help="Probability that an image's gamma, gain, colour balance and noise are changed at random.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
-             lr: float | None, max_side: int, checkpoint_every: int, validate_every: int, seed: int,
-             resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
+             lr: float | None, lr_schedule: str, max_side: int, checkpoint_every: int, validate_every: int,
+             seed: int, resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
              combined_weight: float, dense_weight: float, dense_temperature: float, scale_augment: float,
              light_augment: float, device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
-    config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, max_side=max_side,
+    config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, lr_schedule=lr_schedule,
+                            max_side=max_side,
                             checkpoint_every=checkpoint_every, validate_every=validate_every, seed=seed,
                             mining_offset=mining_offset, hypercolumn_norm=hypercolumn_norm,
                             loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from itertools import pairwise
 
 import pytest
 import torch
@@ -49,6 +50,41 @@ def test_resume_continues_exactly(small_street, tmp_path, augment, max_side):
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
     assert "all" in straight.metrics["history"][-1]["precision"]
+
+
+def test_the_cosine_schedule_falls_from_lr_to_zero():
+    config = dataclasses.replace(FAST, lr=3e-4, iterations=100, lr_schedule="cosine")
+    rates = [config.lr_at(step) for step in range(101)]
+    assert rates[0] == 3e-4 and rates[50] == pytest.approx(1.5e-4) and rates[100] == pytest.approx(0, abs=1e-20)
+    assert rates[25] == pytest.approx(3e-4 * (2 + 2 ** 0.5) / 4)
+    assert all(a > b for a, b in pairwise(rates))
+    assert FAST.lr_at(0) == FAST.lr_at(FAST.iterations) == FAST.lr    # constant, as seed 002
+    with pytest.raises(InputError, match="constant, cosine"):
+        FinetuneConfig(lr_schedule="step")
+
+
+def test_a_cosine_run_resumes_exactly_but_keeps_its_iterations(small_street, tmp_path):
+    """Interrupted after step 2 (its last checkpoint is step 1's), a cosine run resumes to
+    the same end as an uninterrupted one, each step at its scheduled rate; it refuses
+    another ``iterations``, which would move the schedule under the steps already taken."""
+    config = dataclasses.replace(FAST, iterations=3, validate_every=0, lr_schedule="cosine")
+    straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt", config))
+    assert straight.optimizer_state["param_groups"][0]["lr"] == pytest.approx(config.lr_at(2))
+
+    def interrupt(stage, done, total, losses):
+        if done == 2:
+            raise KeyboardInterrupt
+    partial = tmp_path / "partial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune_features(small_street / "correspondences", small_street / "images", partial, config,
+                          progress=interrupt)
+    assert load_checkpoint(partial).step == 1
+    with pytest.raises(InputError, match="iterations"):
+        _run(small_street, partial, dataclasses.replace(config, iterations=4), resume=True)
+    resumed = load_checkpoint(_run(small_street, partial, config, resume=True))
+    assert [h["total"] for h in resumed.metrics["history"]] == [h["total"] for h in straight.metrics["history"]]
+    for name, value in straight.model_state.items():
+        torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
 
 
 def test_checkpoints_record_cpu_time_across_resumes(small_street, tmp_path):
@@ -154,12 +190,12 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
         "--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
         "--output", str(output), "--iterations", "1", "--max-side", "128", "--validate-every", "0",
         "--hypercolumn-norm", "joint", "--combined-weight", "0.5", "--dense-weight", "0.25",
-        "--dense-temperature", "0.1", "--scale-augment", "1.4", "--light-augment", "0.3"])
+        "--dense-temperature", "0.1", "--scale-augment", "1.4", "--light-augment", "0.3", "--lr-schedule", "cosine"])
     assert result.exit_code == 0, result.output
     config = load_checkpoint(output).config
     assert config["hypercolumn_norm"] == "joint" and config["loss"]["combined_weight"] == 0.5
     assert config["loss"]["dense_weight"] == 0.25 and config["loss"]["dense_temperature"] == 0.1
-    assert config["augment"] == {"scale": 1.4, "light": 0.3}
+    assert config["augment"] == {"scale": 1.4, "light": 0.3} and config["lr_schedule"] == "cosine"
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
 
 

@@ -11,6 +11,8 @@ loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and Adam
 (weight decay 0.05) minimises it. Optionally (``FinetuneLossConfig.combined_weight``, not
 in the seed) one more DMC term compares the whole hypercolumn maps, as matching does,
 and ``FinetuneConfig.augment`` changes the scale and light of each pair (``augment``).
+The learning rate is constant (seed 002), or with ``lr_schedule="cosine"`` falls from
+``lr`` at step 0 to 0 at step ``iterations`` along half a cosine.
 
 A run writes ``output`` (a training checkpoint, atomically, every
 ``checkpoint_every`` steps and at the end) and ``output`` with the suffix
@@ -18,7 +20,8 @@ A run writes ``output`` (a training checkpoint, atomically, every
 ``resume`` it continues from ``output`` exactly where it stopped: same weights,
 optimizer state, step and random state, refusing a different config or other
 correspondence folders (the checkpoint records them and their pair count). Only
-``iterations`` may change: a larger value trains a finished run on. A few pairs
+``iterations`` may change, and only at a constant learning rate: a larger value trains
+a finished run on. A few pairs
 are held out of training and the matching precision on them is recorded in the
 checkpoint's history and reported to ``progress`` (stage ``held-out``); they come
 from the same streets (and may share images with training pairs), so this tracks
@@ -32,7 +35,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +60,12 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 PRETRAINED_LR = 1e-7  # seed 002, fine-tuning a pretrained VGG-16
 SCRATCH_LR = 1e-4     # a randomly initialised backbone learns nothing at 1e-7
 MIN_POINTS = 8        # a pair with fewer correspondences in view is skipped
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that determines a fine-tuning run (stored in its checkpoint)."""
-
-    # the learning rate is constant, so a resumed run may stop later (or earlier) than planned
-    resume_may_change: ClassVar[tuple[str, ...]] = ("iterations",)
 
     backbone: str = "vgg16-slim"
     init: str | None = None               # weights: a bundled name, a file or a URL; None = random
@@ -74,6 +74,7 @@ class FinetuneConfig:
     max_side: int = 512
     iterations: int = 1000
     lr: float | None = None               # None: 1e-7 from given weights (seed 002), 1e-4 from scratch
+    lr_schedule: str = "constant"         # or "cosine": lr * (1 + cos(pi step / iterations)) / 2
     weight_decay: float = 0.05
     positives: int = 1024
     checkpoint_every: int = 100
@@ -88,8 +89,22 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.mining_offset < 0:
             raise InputError(f"mining_offset must be >= 0 (the steps of earlier runs), got {self.mining_offset}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.lr is None:
             object.__setattr__(self, "lr", PRETRAINED_LR if self.init else SCRATCH_LR)
+
+    @property
+    def resume_may_change(self) -> tuple[str, ...]:
+        """A constant rate lets a resumed run stop later (or earlier) than planned; a
+        cosine schedule reads ``iterations`` at every step, so a resumed run keeps them."""
+        return ("iterations",) if self.lr_schedule == "constant" else ()
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the step taken from ``step`` (0-based)."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.iterations) / self.iterations))
+        return self.lr
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as they read back
@@ -198,6 +213,8 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
             run.metrics["skipped"] = run.metrics.get("skipped", 0) + 1
             continue
         loss, breakdown = training_step(model, sample.to(device), run.step, config, run.generator)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(run.step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

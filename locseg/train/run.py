@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -36,10 +36,13 @@ class RunConfig(Protocol):
     ``resume_may_change`` names the fields a resumed run may set anew, because they do not
     change the steps already taken (``iterations`` where the learning rate has no schedule
     that depends on it: resuming with a larger value trains the run on); () allows none.
+    A class attribute, or a property where it depends on other fields.
     """
 
     seed: int
-    resume_may_change: ClassVar[tuple[str, ...]]
+
+    @property
+    def resume_may_change(self) -> tuple[str, ...]: ...
 
     def to_dict(self) -> dict: ...
 
@@ -73,7 +76,7 @@ class Run:
         run = Run(Path(output), record, model, optimizer, torch.Generator().manual_seed(config.seed))
         if resume:
             checkpoint = load_checkpoint(run.output, config=record, defaults=type(config)().to_dict(),
-                                         free_keys=type(config).resume_may_change)
+                                         free_keys=config.resume_may_change)
             saved = checkpoint.metrics.get("sources", sources)
             if saved != sources:
                 raise InputError(f"{run.output} was trained on other data ({_first_difference(saved, sources)}); "
