@@ -42,12 +42,13 @@ from locseg.train.checkpoint import load_checkpoint
 
 def windowed_means(history: list[dict], term: str, window: int) -> dict[int, float]:
     """Mean of ``term`` over the steps ``(k - window, k]``, for every k = window, 2 window, ...
-    up to the run's last step (a window the run has not finished is left out)."""
+    up to the run's last step (a window the run has not finished, or where it never
+    computed the term, is left out)."""
     steps = np.array([entry["step"] for entry in history])
     values = np.array([entry.get(term, math.nan) for entry in history], dtype=float)
     out = {}
     for end in range(window, int(steps.max(initial=0)) + 1, window):
-        inside = (steps > end - window) & (steps <= end)
+        inside = (steps > end - window) & (steps <= end) & ~np.isnan(values)
         if inside.any():
             out[end] = float(np.nanmean(values[inside]))
     return out

@@ -40,3 +40,12 @@ def test_equal_cpu_takes_the_last_check_within_each_budget(compare_runs):
 
     reached = compare_runs.precision_at_cpu(checks, hours, [0.25, 0.5, 1.0, 1.5])
     assert reached == {0.5: (10.0, 150), 1.0: (12.0, 300), 1.5: (15.0, 450)}
+
+
+def test_windowed_means_skip_steps_without_the_term(compare_runs):
+    """A term some steps never computed (e.g. one only a later run adds) averages over the
+    steps that have it, and a window without it is left out rather than shown as nan."""
+    history = [{"step": 1, "dmc": 1.0}, {"step": 2, "dmc": 3.0, "dense": 4.0},
+               {"step": 3, "dmc": 5.0}, {"step": 4, "dmc": 7.0}]
+    assert compare_runs.windowed_means(history, "dmc", 2) == {2: 2.0, 4: 6.0}
+    assert compare_runs.windowed_means(history, "dense", 2) == {2: 4.0}
