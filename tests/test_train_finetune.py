@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from itertools import pairwise
 
@@ -146,18 +147,31 @@ def test_a_step_on_images_the_strides_do_not_divide():
     assert loss_d.detach().item() == pytest.approx(loss.detach().item() + 0.5 * breakdown_d["dense"], rel=1e-5)
 
 
-def test_the_bundled_interim_weights_load_by_name():
+@pytest.mark.parametrize("name", ["synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-v4"])
+def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
         read_safetensors_metadata,
         resolve_weights,
     )
 
-    assert "synthseasons-slim-dmcgn-interim" in bundled_names()
-    path = resolve_weights("synthseasons-slim-dmcgn-interim")  # checks the sha256
+    assert name in bundled_names()
+    path = resolve_weights(name)  # checks the sha256
     assert read_safetensors_metadata(path)["backbone"] == "vgg16-slim"
-    model = build_model(FinetuneConfig(init="synthseasons-slim-dmcgn-interim"))
+    model = build_model(FinetuneConfig(init=name))
     assert model.channels == 512 and model.backbone.name == "vgg16-slim"
+
+
+def test_the_bundled_v4_weights_are_the_recipe_results_md_gives():
+    """v4's recorded recipe is the one benchmarks/RESULTS.md lists, continued from v3's exact bytes."""
+    from locseg.models.weights import read_safetensors_metadata, resolve_weights
+
+    metadata = read_safetensors_metadata(resolve_weights("synthseasons-slim-dmcgn-v4"))
+    recipe = json.loads(metadata["recipe"])
+    assert metadata["init_digest"] == hashlib.sha256(resolve_weights("synthseasons-slim-dmcgn-v3").read_bytes()).hexdigest()
+    assert recipe["init"] == "synthseasons-slim-dmcgn-v3" and recipe["seed"] == 2
+    assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
+    assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
 
 
 def test_a_continued_run_mines_where_the_earlier_runs_stopped(monkeypatch):

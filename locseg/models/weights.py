@@ -540,6 +540,13 @@ register_bundled(
     "SynthSeasons train streets 0-4 (recipe and test-street precision in benchmarks/RESULTS.md)",
     model="vgg16-slim")
 register_bundled(
+    "synthseasons-slim-dmcgn-v4", "synthseasons-slim-dmcgn-v4.safetensors",
+    "58a2f1ecb5228807da9918c79405c3d8b1cb0a6a7b3960005043b993bf81f53f",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v3 trained 2000 more steps on SynthSeasons train "
+    "streets 0-4 with DMC+GN plus a dense cross-entropy term (weight 1), the rate falling along a cosine "
+    "(recipe and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    model="vgg16-slim")
+register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
     "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v2, k-means then 3000 "
