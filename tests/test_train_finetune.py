@@ -162,7 +162,7 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     assert model.channels == 512 and model.backbone.name == "vgg16-slim"
 
 
-def test_the_bundled_v4_weights_are_the_recipe_results_md_gives():
+def test_the_bundled_v4_weights_record_their_recipe():
     """v4's recorded recipe is the one benchmarks/RESULTS.md lists, continued from v3's exact bytes."""
     from locseg.models.weights import read_safetensors_metadata, resolve_weights
 

@@ -21,11 +21,11 @@ A run writes ``output`` (a training checkpoint, atomically, every
 optimizer state, step and random state, refusing a different config or other
 correspondence folders (the checkpoint records them and their pair count). Only
 ``iterations`` may change, and only at a constant learning rate: a larger value trains
-a finished run on. A few pairs
-are held out of training and the matching precision on them is recorded in the
-checkpoint's history and reported to ``progress`` (stage ``held-out``); they come
-from the same streets (and may share images with training pairs), so this tracks
-progress, and a test street the model never saw judges it (locseg evaluate-features).
+a finished run on. A few pairs are held out of training and the matching precision on
+them is recorded in the checkpoint's history and reported to ``progress`` (stage
+``held-out``); they come from the same streets (and may share images with training
+pairs), so this tracks progress, and a test street the model never saw judges it
+(locseg evaluate-features).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class FinetuneConfig:
         return ("iterations",) if self.lr_schedule == "constant" else ()
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of the step taken from ``step`` (0-based)."""
+        """The learning rate of step ``step``, counted from 0 (the last is ``iterations - 1``)."""
         if self.lr_schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, self.iterations) / self.iterations))
         return self.lr
