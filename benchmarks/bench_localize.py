@@ -19,6 +19,7 @@ query (not counted) runs first.
     python benchmarks/bench_localize.py --json benchmarks/localize_vs_sift.json
     python benchmarks/bench_localize.py --limit 2          # the first 2 queries per condition
     python benchmarks/bench_localize.py --hypercolumn-norm joint --retrieval-weights synthseasons-slim-vlad-v3
+    python benchmarks/bench_localize.py --weights synthseasons-slim-dmcgn-v4 --retrieval-weights HEAD.safetensors
 """
 
 from __future__ import annotations
@@ -65,10 +66,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N queries of each condition")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=LocalizeConfig.hypercolumn_norm)
-    parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights)
+    parser.add_argument("--weights", default=LocalizeConfig.weights, help="hypercolumn weights")
+    parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights,
+                        help="a head trained on the hypercolumns of --weights")
     args = parser.parse_args()
 
-    config = LocalizeConfig(hypercolumn_norm=args.hypercolumn_norm, retrieval_weights=args.retrieval_weights)
+    config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
+                            retrieval_weights=args.retrieval_weights)
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")
