@@ -50,7 +50,7 @@ def windowed_means(history: list[dict], term: str, window: int) -> dict[int, flo
     for end in range(window, int(steps.max(initial=0)) + 1, window):
         inside = (steps > end - window) & (steps <= end) & ~np.isnan(values)
         if inside.any():
-            out[end] = float(np.nanmean(values[inside]))
+            out[end] = float(values[inside].mean())
     return out
 
 

@@ -164,11 +164,15 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
 
 def test_the_bundled_v4_weights_record_their_recipe():
     """v4's recorded recipe is the one benchmarks/RESULTS.md lists, continued from v3's exact bytes."""
-    from locseg.models.weights import read_safetensors_metadata, resolve_weights
+    from locseg.models.weights import (
+        file_sha256,
+        read_safetensors_metadata,
+        resolve_weights,
+    )
 
     metadata = read_safetensors_metadata(resolve_weights("synthseasons-slim-dmcgn-v4"))
     recipe = json.loads(metadata["recipe"])
-    assert metadata["init_digest"] == hashlib.sha256(resolve_weights("synthseasons-slim-dmcgn-v3").read_bytes()).hexdigest()
+    assert metadata["init_digest"] == file_sha256(resolve_weights("synthseasons-slim-dmcgn-v3"))
     assert recipe["init"] == "synthseasons-slim-dmcgn-v3" and recipe["seed"] == 2
     assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
     assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
