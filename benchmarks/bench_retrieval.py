@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.hypercolumn import NORMALIZATIONS
 from locseg.train.retrieval import load_retrieval_model
@@ -33,16 +35,21 @@ def main() -> None:
     args = parser.parse_args()
     models = {head: load_retrieval_model(head, args.weights, normalization=args.hypercolumn_norm).eval()
               for head in args.heads}
+    print_recall_rows(models, args.streets, args.max_side)
+
+
+def print_recall_rows(models: dict[str, torch.nn.Module], streets: list[str], max_side: int) -> None:
+    """One Markdown row per street and model: recall@1 / @5 / @10 overall and per condition."""
     header = None
-    for street in args.streets:
-        for head, model in models.items():
-            recall = retrieval_recall(model, street, max_side=args.max_side)
+    for street in streets:
+        for name, model in models.items():
+            recall = retrieval_recall(model, street, max_side=max_side)
             if header is None:
                 header = list(recall)
                 print("| street | head | " + " | ".join(header) + " |")
                 print("|---" * (len(header) + 2) + "|")
             cells = " | ".join(" / ".join(f"{recall[c][k]:.1f}" for k in (1, 5, 10)) for c in header)
-            print(f"| {street} | {head} | {cells} |", flush=True)
+            print(f"| {street} | {name} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def test_a_step_on_images_the_strides_do_not_divide():
     assert loss_d.detach().item() == pytest.approx(loss.detach().item() + 0.5 * breakdown_d["dense"], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-v4"])
+@pytest.mark.parametrize("name", ["synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-v4",
+                                  "synthseasons-slim-dmcgn-v5"])
 def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
@@ -162,18 +163,20 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     assert model.channels == 512 and model.backbone.name == "vgg16-slim"
 
 
-def test_the_bundled_v4_weights_record_their_recipe():
-    """v4's recorded recipe is the one benchmarks/RESULTS.md lists, continued from v3's exact bytes."""
+@pytest.mark.parametrize("name, init, seed", [("synthseasons-slim-dmcgn-v4", "synthseasons-slim-dmcgn-v3", 2),
+                                              ("synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v4", 3)])
+def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed):
+    """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``."""
     from locseg.models.weights import (
         file_sha256,
         read_safetensors_metadata,
         resolve_weights,
     )
 
-    metadata = read_safetensors_metadata(resolve_weights("synthseasons-slim-dmcgn-v4"))
+    metadata = read_safetensors_metadata(resolve_weights(name))
     recipe = json.loads(metadata["recipe"])
-    assert metadata["init_digest"] == file_sha256(resolve_weights("synthseasons-slim-dmcgn-v3"))
-    assert recipe["init"] == "synthseasons-slim-dmcgn-v3" and recipe["seed"] == 2
+    assert metadata["init_digest"] == file_sha256(resolve_weights(init))
+    assert recipe["init"] == init and recipe["seed"] == seed
     assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
     assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
 

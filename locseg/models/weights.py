@@ -547,6 +547,13 @@ register_bundled(
     "(recipe and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
     model="vgg16-slim")
 register_bundled(
+    "synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v5.safetensors",
+    "6dddfd0d53ff4d892916b170ad236b9a77d9c169cdf48cd0a0aea44fddcbb4ae",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term on SynthSeasons train streets 0-4 (recipe and test-street "
+    "precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
+    model="vgg16-slim")
+register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
     "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v2, k-means then 3000 "
