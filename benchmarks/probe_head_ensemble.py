@@ -37,10 +37,11 @@ class ConcatenatedHeads(nn.Module):
         first = models[0]
         if any(m.source != "hypercolumns" or m.normalization != first.normalization for m in models):
             raise SystemExit("every head must pool hypercolumns normalised alike")
-        self.local, self.heads = first, nn.ModuleList(m.netvlad for m in models)
+        self.maps, self.heads = first, nn.ModuleList(m.netvlad for m in models)
 
     def forward(self, images: torch.Tensor, whiten: bool = False) -> torch.Tensor:
-        local = self.local.local_features(images)
+        """``whiten`` is not used: ``retrieval_recall`` whitens the concatenation as a whole."""
+        local = self.maps.local_features(images)
         return torch.cat([head(local) for head in self.heads], dim=1) / math.sqrt(len(self.heads))
 
 
