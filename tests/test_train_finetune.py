@@ -148,7 +148,7 @@ def test_a_step_on_images_the_strides_do_not_divide():
 
 
 @pytest.mark.parametrize("name", ["synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-v4",
-                                  "synthseasons-slim-dmcgn-v5"])
+                                  "synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v6"])
 def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
@@ -163,9 +163,12 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     assert model.channels == 512 and model.backbone.name == "vgg16-slim"
 
 
-@pytest.mark.parametrize("name, init, seed", [("synthseasons-slim-dmcgn-v4", "synthseasons-slim-dmcgn-v3", 2),
-                                              ("synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v4", 3)])
-def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed):
+@pytest.mark.parametrize("name, init, seed, temperature", [
+    ("synthseasons-slim-dmcgn-v4", "synthseasons-slim-dmcgn-v3", 2, 0.05),
+    ("synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v4", 3, 0.05),
+    ("synthseasons-slim-dmcgn-v6", "synthseasons-slim-dmcgn-v4", 3, 0.025),
+])
+def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temperature):
     """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``."""
     from locseg.models.weights import (
         file_sha256,
@@ -179,6 +182,7 @@ def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed):
     assert recipe["init"] == init and recipe["seed"] == seed
     assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
     assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
+    assert recipe["loss"]["dense_temperature"] == temperature
 
 
 def test_a_continued_run_mines_where_the_earlier_runs_stopped(monkeypatch):

@@ -551,7 +551,14 @@ register_bundled(
     "6dddfd0d53ff4d892916b170ad236b9a77d9c169cdf48cd0a0aea44fddcbb4ae",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term on SynthSeasons train streets 0-4 (recipe and test-street "
-    "precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
+    "precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v6", "synthseasons-slim-dmcgn-v6.safetensors",
+    "de50ae22c5c3881f184610c722918ff6393b88067dd571b82bb0220388df0523",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
+    "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
