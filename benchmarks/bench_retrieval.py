@@ -2,7 +2,7 @@
 
     python benchmarks/bench_retrieval.py --streets outputs/val/synthseasons-train-5 outputs/synthseasons-test-0 \\
         --heads synthseasons-slim-vlad-v3 outputs/vlad/levels-3k.safetensors \\
-        [--weights synthseasons-slim-dmcgn-v3] [--max-side 512] [--hypercolumn-norm levels]
+        [--weights synthseasons-slim-dmcgn-v6] [--max-side 512] [--hypercolumn-norm levels]
 
 Every head ranks every street's queries against its references, as ``locseg
 evaluate-features`` scores them (``locseg.evaluate.retrieval``: PCA whitening fitted
@@ -20,6 +20,7 @@ import argparse
 import torch
 
 from locseg.evaluate.retrieval import retrieval_recall
+from locseg.localize.pipeline import LocalizeConfig
 from locseg.models.hypercolumn import NORMALIZATIONS
 from locseg.train.retrieval import load_retrieval_model
 
@@ -28,8 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streets", nargs="+", required=True)
     parser.add_argument("--heads", nargs="+", required=True)
-    parser.add_argument("--weights", default="synthseasons-slim-dmcgn-v3",
-                        help="the hypercolumn weights that hypercolumn heads pool")
+    parser.add_argument("--weights", default=LocalizeConfig.weights,
+                        help="the hypercolumn weights that hypercolumn heads pool (default: the localizer's)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=None)
     args = parser.parse_args()
