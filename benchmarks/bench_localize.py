@@ -69,10 +69,12 @@ def main() -> None:
     parser.add_argument("--weights", default=LocalizeConfig.weights, help="hypercolumn weights")
     parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights,
                         help="a head trained on the hypercolumns of --weights")
+    parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
+                        help="multiples of the input size pooled into each global descriptor")
     args = parser.parse_args()
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
-                            retrieval_weights=args.retrieval_weights)
+                            retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

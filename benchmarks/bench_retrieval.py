@@ -33,18 +33,21 @@ def main() -> None:
                         help="the hypercolumn weights that hypercolumn heads pool (default: the localizer's)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=None)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="describe every image at these multiples of --max-side and pool them (default: 1)")
     args = parser.parse_args()
     models = {head: load_retrieval_model(head, args.weights, normalization=args.hypercolumn_norm).eval()
               for head in args.heads}
-    print_recall_rows(models, args.streets, args.max_side)
+    print_recall_rows(models, args.streets, args.max_side, tuple(args.scales))
 
 
-def print_recall_rows(models: dict[str, torch.nn.Module], streets: list[str], max_side: int) -> None:
+def print_recall_rows(models: dict[str, torch.nn.Module], streets: list[str], max_side: int,
+                      scales: tuple[float, ...] = (1.0,)) -> None:
     """One Markdown row per street and model: recall@1 / @5 / @10 overall and per condition."""
     header = None
     for street in streets:
         for name, model in models.items():
-            recall = retrieval_recall(model, street, max_side=max_side)
+            recall = retrieval_recall(model, street, max_side=max_side, scales=scales)
             if header is None:
                 header = list(recall)
                 print("| street | head | " + " | ".join(header) + " |")

@@ -35,6 +35,14 @@ DEFAULT_DATASET = Path("outputs/synthseasons-test-0")
 _DEFAULTS = LocalizeConfig()
 
 
+def _scales(value: str) -> tuple[float, ...]:
+    """``"1,0.7071"`` → (1.0, 0.7071); the config checks that they are positive."""
+    try:
+        return tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 1,0.7071,0.5") from None
+
+
 @click.command("localize")
 @click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A SynthSeasons street (reference/model, images/, queries/all.txt). Without --dataset and "
@@ -53,6 +61,10 @@ _DEFAULTS = LocalizeConfig()
               help="Hypercolumn weights: a bundled name, a file or a URL.")
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
+@click.option("--retrieval-scales", default=",".join(map(str, _DEFAULTS.retrieval_scales)), show_default=True,
+              callback=lambda _ctx, _param, value: _scales(value),
+              help="Comma-separated multiples of the input size pooled into each global descriptor, "
+                   "e.g. 1,0.7071,0.5; every scale but 1 costs one more network pass per image.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_DEFAULTS.backbone, show_default=True)
 @hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
@@ -75,7 +87,8 @@ _DEFAULTS = LocalizeConfig()
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
-             output: Path | None, top_k: int, weights: str, retrieval_weights: str, backbone: str,
+             output: Path | None, top_k: int, weights: str, retrieval_weights: str,
+             retrieval_scales: tuple[float, ...], backbone: str,
              hypercolumn_norm: str, matching: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
@@ -83,6 +96,14 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     """Localize query images against a reference map: retrieval, sparse-to-dense
     matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
+    config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
+                            retrieval_scales=retrieval_scales, backbone=backbone,
+                            hypercolumn_norm=hypercolumn_norm, top_k=top_k,
+                            matching=MatchingConfig(method=matching),
+                            pnp=PnPConfig(estimator=estimator, refit=not no_refit),
+                            refine=None if no_refine else RefineConfig(loss=refine_loss,
+                                                                       gradient_operator=refine_gradient),
+                            refine_points=refine_points)
     start = time.perf_counter()
     ground_truth = None
     with stage_progress() as progress:
@@ -101,13 +122,6 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
         missing = [n for n, v in (("--images", images), ("--queries", queries), ("--output", output)) if v is None]
         if missing:
             raise click.UsageError(f"with --reference, also give {', '.join(missing)}")
-        config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights, backbone=backbone,
-                                hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                                matching=MatchingConfig(method=matching),
-                                pnp=PnPConfig(estimator=estimator, refit=not no_refit),
-                                refine=None if no_refine else RefineConfig(loss=refine_loss,
-                                                                           gradient_operator=refine_gradient),
-                                refine_points=refine_points)
         query_list = read_query_list(queries)   # a malformed list fails here, before any work
         reference_map = ReferenceMap.read(reference, images)
         if not reference_map.has_points():

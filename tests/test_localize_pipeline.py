@@ -129,6 +129,15 @@ def test_cli_localize_refuses_a_head_trained_on_other_hypercolumns(run, tmp_path
     assert not (tmp_path / "r.txt").exists() and not any(tmp_path.glob("features.h5*"))
 
 
+@pytest.mark.parametrize("scales, message", [("1,x", "not a comma-separated list of numbers"),
+                                             ("1,0", "retrieval scales must be positive")])
+def test_cli_localize_refuses_bad_retrieval_scales_before_any_work(tmp_path, scales, message):
+    street = tmp_path / "not-yet-generated"
+    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--retrieval-scales", scales])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not street.exists()
+
+
 def test_cli_localize_prints_the_recall_table(run, tmp_path):
     street = run[0]
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
@@ -229,3 +238,29 @@ def test_the_retrieval_head_must_pool_the_normalisation_it_was_trained_on():
     assert joint.sparse_id != levels.sparse_id and joint.global_id != levels.global_id
     assert load_retrieval_model("synthseasons-slim-vlad-v3", "synthseasons-slim-dmcgn-v3").normalization == "joint"
     assert load_retrieval_model("synthseasons-slim-vlad-v4", "synthseasons-slim-dmcgn-v3").normalization == "levels"
+
+
+def test_multiscale_retrieval_pools_a_second_pass_and_keeps_its_own_store_id():
+    """The half scale is one more network pass on the halved input, pooled with the
+    full-size descriptor; single-scale settings keep their store id and digest."""
+    import torch
+
+    from locseg.localize.pipeline import Models
+    from locseg.models.preprocess import resize_image
+
+    single = Models.load(LocalizeConfig(), device="cpu")
+    multi = Models.load(LocalizeConfig(retrieval_scales=(1.0, 0.5)), device="cpu")
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) - 0.5
+    dense, full = single.describe(image)
+    half_image = resize_image(image[None], max_side=64)[0]
+    with torch.inference_mode():
+        half = single.describer(half_image, single.hypercolumns.dense(half_image))
+    dense_multi, pooled = multi.describe(image)
+    torch.testing.assert_close(dense_multi, dense)
+    torch.testing.assert_close(pooled, torch.nn.functional.normalize(full + half, dim=0))
+    assert multi.sparse_id == single.sparse_id and multi.global_id != single.global_id
+    assert "scales" not in single.global_id and "scales=1.0-0.5" in multi.global_id
+    assert LocalizeConfig(retrieval_scales=[1]).digest() == LocalizeConfig().digest()
+    assert LocalizeConfig(retrieval_scales=(1.0, 0.5)).digest() != LocalizeConfig().digest()
+    with pytest.raises(InputError, match="retrieval scales must be positive"):
+        LocalizeConfig(retrieval_scales=(1.0, 0.0))

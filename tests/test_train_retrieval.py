@@ -21,6 +21,7 @@ from locseg.train.retrieval import (
     RetrievalConfig,
     RetrievalModel,
     build_model,
+    describe,
     load_input,
     train_retrieval,
     triplet_loss,
@@ -107,12 +108,28 @@ def test_frozen_training_uses_the_cache_resumes_exactly_and_keeps_the_backbone(s
     assert moved, "three steps should move the NetVLAD layer"
 
 
+def test_a_multiscale_descriptor_pools_the_unit_descriptors_of_its_scales(small_street):
+    places = PlaceImages.from_streets([small_street])
+    model = build_model(dataclasses.replace(FAST, source="hypercolumns"), places).eval()
+    paths = places.paths[:2]
+    with torch.no_grad():
+        full = torch.cat([model(load_input(p, 96)[None], whiten=False) for p in paths])
+        half = torch.cat([model(load_input(p, 48)[None], whiten=False) for p in paths])
+    torch.testing.assert_close(describe(model, paths, 96, whiten=False), full)
+    pooled = describe(model, paths, 96, whiten=False, scales=(1.0, 0.5))
+    torch.testing.assert_close(pooled, torch.nn.functional.normalize(full + half, dim=1))
+    assert not torch.allclose(pooled, full, atol=1e-3), "the half scale should move the descriptor"
+    for bad in ((), (1.0, 0.0), (1.0, -0.5)):
+        with pytest.raises(InputError, match="retrieval scales must be positive"):
+            describe(model, paths, 96, scales=bad)
+
+
 def test_recall_counts_a_reference_near_the_true_pose(small_street, monkeypatch):
     """Descriptors that encode the true camera position retrieve a correct reference first."""
     poses = {**read_poses(small_street / "ground_truth/reference.txt"),
              **read_poses(small_street / "ground_truth/queries.txt")}
 
-    def oracle(model, paths, max_side, whiten=True, progress=None):
+    def oracle(model, paths, max_side, whiten=True, progress=None, scales=(1.0,)):
         centres = torch.stack([poses["/".join(p.parts[-3:])].center.float() for p in paths])
         return torch.exp(-torch.cdist(centres, torch.linspace(-5, 30, 64)[:, None] * torch.tensor([1.0, 0, 0])))
 

@@ -22,15 +22,20 @@ from ..train.retrieval import RetrievalModel, describe, same_place
 
 def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 512, radius: float = 5.0,
                      angle: float = 30.0, ks: tuple[int, ...] = (1, 5, 10), whiten: bool = True,
-                     whitening_dim: int = 64,
+                     whitening_dim: int = 64, scales: tuple[float, ...] = (1.0,),
                      progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[int, float]]:
-    """``{condition: {k: recall %}}`` with an ``"all"`` entry first."""
+    """``{condition: {k: recall %}}`` with an ``"all"`` entry first.
+
+    ``scales``: queries and references are described at these multiples of
+    ``max_side`` (``locseg.train.retrieval.describe``)."""
     street = Path(street)
     reference = read_poses(street / "ground_truth" / "reference.txt")
     queries = read_poses(street / "ground_truth" / "queries.txt")
     ref_names, query_names = list(reference), list(queries)
-    db = describe(model, [street / "images" / n for n in ref_names], max_side, whiten=False, progress=progress)
-    q = describe(model, [street / "images" / n for n in query_names], max_side, whiten=False, progress=progress)
+    db = describe(model, [street / "images" / n for n in ref_names], max_side, whiten=False, progress=progress,
+                  scales=scales)
+    q = describe(model, [street / "images" / n for n in query_names], max_side, whiten=False, progress=progress,
+                  scales=scales)
     if whiten:
         # Far fewer axes than references: whitening all N - 1 axes of N samples maps them onto
         # a regular simplex and ranks queries by their noise.

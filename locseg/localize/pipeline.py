@@ -51,7 +51,8 @@ from ..models.hypercolumn import (
     check_normalization,
 )
 from ..models.load import load_hypercolumns, weights_digest
-from ..models.preprocess import load_image, prepare_image
+from ..models.netvlad import check_scales, pool_scales
+from ..models.preprocess import load_image, prepare_image, resize_image
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
 from .pnp import PnPConfig, estimate_pose, refit_pose
@@ -85,6 +86,7 @@ class LocalizeConfig:
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
+    retrieval_scales: tuple[float, ...] = (1.0,)   # multiples of max_side pooled into a global descriptor
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: the PnP poses as they are
@@ -92,6 +94,7 @@ class LocalizeConfig:
 
     def __post_init__(self) -> None:
         check_normalization(self.hypercolumn_norm)
+        object.__setattr__(self, "retrieval_scales", check_scales(self.retrieval_scales))
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
@@ -108,8 +111,12 @@ class LocalizeConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """Short hash of the settings that change a query's result."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of the settings that change a query's result. Single-scale retrieval
+        leaves it as it was before ``retrieval_scales`` existed, so older logs stay reusable."""
+        settings = self.to_dict()
+        if self.retrieval_scales == (1.0,):
+            del settings["retrieval_scales"]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -120,6 +127,7 @@ class Models:
     describer: GlobalDescriber
     sparse_id: str
     global_id: str
+    retrieval_scales: tuple[float, ...] = (1.0,)
 
     @classmethod
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> Models:
@@ -143,17 +151,29 @@ class Models:
                              **preprocessing)
         if describer.source == "hypercolumns":   # it pools the dense map, normalised as configured
             preprocessing["norm"] = config.hypercolumn_norm
+        if config.retrieval_scales != (1.0,):
+            preprocessing["scales"] = config.retrieval_scales
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
-        return cls(hypercolumns, describer, sparse_id, global_id)
+        return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales)
 
     @torch.inference_mode()
     def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,),
-        both on the CPU whatever device the networks run on."""
+        both on the CPU whatever device the networks run on.
+
+        The global descriptor pools ``retrieval_scales`` (``locseg.models.netvlad``); scale 1
+        reuses the dense map, and every other scale costs a network pass at its size."""
         image = image.to(module_device(self.hypercolumns))[None]
         dense = self.hypercolumns.dense(image)
-        return dense[0].cpu(), self.describer(image, dense).cpu()
+        descriptors = []
+        for scale in self.retrieval_scales:
+            if scale == 1.0:
+                descriptors.append(self.describer(image, dense))
+                continue
+            resized = resize_image(image, max_side=round(max(image.shape[-2:]) * scale), upsample=True)[0]
+            descriptors.append(self.describer(resized, self.hypercolumns.dense(resized)))
+        return dense[0].cpu(), pool_scales(torch.stack(descriptors)).cpu()
 
 
 @dataclass(frozen=True)
@@ -210,9 +230,11 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
                                         "weights": config.weights, "layers": list(config.layers),
                                         "max_side": config.max_side, "max_points": config.max_points,
                                         "observation_cell": OBSERVATION_CELL})
-    store.set_config(models.global_id, {"kind": "global descriptors", "backbone": config.backbone,
-                                        "weights": config.weights, "retrieval_weights": config.retrieval_weights,
-                                        "max_side": config.max_side})
+    global_config = {"kind": "global descriptors", "backbone": config.backbone, "weights": config.weights,
+                     "retrieval_weights": config.retrieval_weights, "max_side": config.max_side}
+    if config.retrieval_scales != (1.0,):   # stores from before multi-scale descriptors stay valid
+        global_config["scales"] = list(config.retrieval_scales)
+    store.set_config(models.global_id, global_config)
     todo = [n for n in reference.names
             if not (store.has(models.sparse_id, "sparse", n) and store.has(models.global_id, "global", n))]
     for done, name in enumerate(todo):

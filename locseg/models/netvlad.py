@@ -17,6 +17,11 @@ and training drives every image to the same global descriptor.
 
 Whitening projects descriptors on the principal axes of a set of reference
 descriptors, divides each axis by its standard deviation, and L2-normalises again.
+
+A multi-scale descriptor describes one image at several sizes, the longer side
+``max_side * s`` for each scale ``s``: the unit descriptors of the scales are summed
+and L2-normalised again (``pool_scales``), before any whitening. Scales below 1
+let a zoomed-in query meet its references at their scale.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
 LEGACY_HEAD_NORMALIZATION = "joint"
 """What a hypercolumn head's file without a ``hypercolumn_norm`` entry pooled: such heads
 were trained before locseg normalised each level (``locseg.models.hypercolumn``)."""
+
+
+def check_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats, or InputError if empty or not all positive."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not (s > 0) for s in scales):
+        raise InputError(f"retrieval scales must be positive factors of max_side, e.g. (1.0, 0.7071), "
+                         f"got {list(scales)}")
+    return scales
+
+
+def pool_scales(descriptors: torch.Tensor) -> torch.Tensor:
+    """(S, D) unit descriptors of one image at S scales → its (D,) multi-scale descriptor."""
+    check_shape("descriptors", descriptors.shape, "(S, D)", descriptors.ndim == 2 and len(descriptors) > 0)
+    return F.normalize(descriptors.sum(0), dim=0)
 
 
 def pooled_normalization(metadata: Mapping[str, str]) -> str | None:

@@ -48,6 +48,8 @@ from ..models.netvlad import (
     RETRIEVAL_SOURCES,
     NetVLAD,
     PCAWhitening,
+    check_scales,
+    pool_scales,
     pooled_normalization,
 )
 from ..models.preprocess import load_image, normalize_image, resize_image
@@ -194,15 +196,22 @@ def load_input(path: Path, max_side: int) -> torch.Tensor:
 
 
 def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten: bool = True,
-             progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
+             progress: Callable[[str, int, int], None] | None = None,
+             scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """(N, D) descriptors of image files, one at a time (sizes may differ), on the CPU;
-    the model runs on its own device."""
+    the model runs on its own device. ``scales``: multi-scale descriptors
+    (``locseg.models.netvlad``); the default is the plain one."""
+    scales = check_scales(tuple(scales))
     model.eval()
     device = module_device(model)
     out = []
     with torch.inference_mode():
         for done, path in enumerate(paths):
-            out.append(model(load_input(path, max_side)[None].to(device), whiten=whiten)[0].cpu())
+            image = load_image(path)
+            pooled = pool_scales(torch.cat([
+                model(normalize_image(resize_image(image, max_side=round(max_side * s))[0])[None].to(device),
+                      whiten=False) for s in scales]))
+            out.append((model.whitening(pooled[None])[0] if whiten and model.whitening.fitted else pooled).cpu())
             if progress:
                 progress("describe", done + 1, len(paths))
     return torch.stack(out)
