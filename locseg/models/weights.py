@@ -558,6 +558,13 @@ register_bundled(
     "de50ae22c5c3881f184610c722918ff6393b88067dd571b82bb0220388df0523",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
+    "and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v7.safetensors",
+    "bccf8daf12251f50e6e667a9b8052cd58db48d27589a9ebe0b9e5513a3d055ec",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v6 trained a third cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
     "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
     model="vgg16-slim")
 register_bundled(
