@@ -565,6 +565,13 @@ register_bundled(
     "bccf8daf12251f50e6e667a9b8052cd58db48d27589a9ebe0b9e5513a3d055ec",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v6 trained a third cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
+    "and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v8", "synthseasons-slim-dmcgn-v8.safetensors",
+    "981b5051210dc2b84bde287f9e3d2741ef043ac9bf9ecb6c5ef8fcad24c0133c",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v7 trained a fourth cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.0125 on SynthSeasons train streets 0-4 (recipe "
     "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
     model="vgg16-slim")
 register_bundled(
