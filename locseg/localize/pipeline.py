@@ -163,7 +163,10 @@ class Models:
         both on the CPU whatever device the networks run on.
 
         The global descriptor pools ``retrieval_scales`` (``locseg.models.netvlad``); scale 1
-        reuses the dense map, and every other scale costs a network pass at its size."""
+        reuses the dense map, and every other scale costs a network pass at its size. Those
+        passes resize the network input (resizing commutes with the per-channel normalisation),
+        where ``locseg.train.retrieval.describe`` resizes each image file once, so the two may
+        differ by the second resampling."""
         image = image.to(module_device(self.hypercolumns))[None]
         dense = self.hypercolumns.dense(image)
         descriptors = []
