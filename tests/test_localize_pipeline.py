@@ -224,16 +224,18 @@ def test_the_config_names_the_valid_hypercolumn_normalisations():
 
 
 def test_the_retrieval_head_must_pool_the_normalisation_it_was_trained_on():
-    """v4 was trained on level-normalised hypercolumns, v3 on jointly normalised ones
-    (its file predates the metadata entry); the store ids tell the two settings apart."""
+    """The heads on v3's hypercolumns: v4 was trained on level-normalised ones, v3 on jointly
+    normalised ones (its file predates the metadata entry); the store ids tell the two apart.
+    The default head (v5, on v8's hypercolumns) pools level-normalised ones too."""
     from locseg.localize.pipeline import Models
     from locseg.train.retrieval import load_retrieval_model
 
     with pytest.raises(InputError, match="trained on hypercolumns normalised 'levels', not 'joint'"):
         Models.load(LocalizeConfig(hypercolumn_norm="joint"), device="cpu")
-    joint = Models.load(LocalizeConfig(hypercolumn_norm="joint", retrieval_weights="synthseasons-slim-vlad-v3"),
-                        device="cpu")
-    levels = Models.load(LocalizeConfig(), device="cpu")
+    v3 = "synthseasons-slim-dmcgn-v3"
+    joint = Models.load(LocalizeConfig(weights=v3, hypercolumn_norm="joint",
+                                       retrieval_weights="synthseasons-slim-vlad-v3"), device="cpu")
+    levels = Models.load(LocalizeConfig(weights=v3, retrieval_weights="synthseasons-slim-vlad-v4"), device="cpu")
     assert (joint.hypercolumns.normalization, levels.hypercolumns.normalization) == ("joint", "levels")
     assert joint.sparse_id != levels.sparse_id and joint.global_id != levels.global_id
     assert load_retrieval_model("synthseasons-slim-vlad-v3", "synthseasons-slim-dmcgn-v3").normalization == "joint"

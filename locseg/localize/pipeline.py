@@ -67,8 +67,8 @@ from .retrieval import (
 
 Progress = Callable[[str, int, int], None]
 
-DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-v3"
-DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v4"
+DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-v8"
+DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v5"
 OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
 PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-matching subspace
 
@@ -140,8 +140,8 @@ class Models:
         if describer.source == "hypercolumns" and describer.normalization != config.hypercolumn_norm:
             raise InputError(f"retrieval weights {config.retrieval_weights!r} were trained on hypercolumns normalised "
                              f"{describer.normalization!r}, not {config.hypercolumn_norm!r}; use retrieval weights "
-                             f"trained on {config.hypercolumn_norm!r} ones (synthseasons-slim-vlad-v3 pools 'joint', "
-                             "-v4 'levels'), or set the normalisation to match")
+                             f"trained on {config.hypercolumn_norm!r} ones (synthseasons-slim-vlad-v3 pools v3's 'joint' ones, "
+                             "-v4 and -v5 'levels' ones), or set the normalisation to match")
         hypercolumns.to(device)
         describer.to(device)
         preprocessing = {"max_side": config.max_side}

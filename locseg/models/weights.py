@@ -544,35 +544,35 @@ register_bundled(
     "58a2f1ecb5228807da9918c79405c3d8b1cb0a6a7b3960005043b993bf81f53f",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v3 trained 2000 more steps on SynthSeasons train "
     "streets 0-4 with DMC+GN plus a dense cross-entropy term (weight 1), the rate falling along a cosine "
-    "(recipe and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    "(recipe and test-street precision in benchmarks/RESULTS.md); the localizer defaults to v8",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v5.safetensors",
     "6dddfd0d53ff4d892916b170ad236b9a77d9c169cdf48cd0a0aea44fddcbb4ae",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term on SynthSeasons train streets 0-4 (recipe and test-street "
-    "precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    "precision in benchmarks/RESULTS.md); the localizer defaults to v8",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-dmcgn-v6", "synthseasons-slim-dmcgn-v6.safetensors",
     "de50ae22c5c3881f184610c722918ff6393b88067dd571b82bb0220388df0523",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v4 trained a second cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
-    "and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    "and test-street precision in benchmarks/RESULTS.md); the localizer defaults to v8",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v7.safetensors",
     "bccf8daf12251f50e6e667a9b8052cd58db48d27589a9ebe0b9e5513a3d055ec",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v6 trained a third cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.025 on SynthSeasons train streets 0-4 (recipe "
-    "and test-street precision in benchmarks/RESULTS.md); the localizer still defaults to v3",
+    "and test-street precision in benchmarks/RESULTS.md); the localizer defaults to v8",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-dmcgn-v8", "synthseasons-slim-dmcgn-v8.safetensors",
     "981b5051210dc2b84bde287f9e3d2741ef043ac9bf9ecb6c5ef8fcad24c0133c",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v7 trained a fourth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.0125 on SynthSeasons train streets 0-4 (recipe "
-    "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns, the localizer still defaults to v3",
+    "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns and the localizer's default",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
@@ -592,6 +592,13 @@ register_bundled(
     "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v3 with each level "
     "normalised, k-means then 3000 triplet steps on cached features of SynthSeasons train streets 0-4 "
     "(benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-vlad-v5", "synthseasons-slim-vlad-v5.safetensors",
+    "13fb55ccd6982f3166ab1bafc37b29fe5b47a6746e3109fd3615b6a9fe8a5d20",
+    "NetVLAD head (64 clusters) over the hypercolumns of synthseasons-slim-dmcgn-v8 with each level "
+    "normalised, k-means then 3000 triplet steps on cached features of SynthSeasons train streets 0-4 "
+    "(seed 1, chosen on street 5; benchmarks/RESULTS.md); the localizer's default",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-pspnet-v1", "synthseasons-slim-pspnet-v1.safetensors",
