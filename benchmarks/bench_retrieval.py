@@ -22,6 +22,7 @@ import torch
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.localize.pipeline import LocalizeConfig
 from locseg.models.hypercolumn import NORMALIZATIONS
+from locseg.models.netvlad import SINGLE_SCALE
 from locseg.train.retrieval import load_retrieval_model
 
 
@@ -33,7 +34,7 @@ def main() -> None:
                         help="the hypercolumn weights that hypercolumn heads pool (default: the localizer's)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=None)
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    parser.add_argument("--scales", type=float, nargs="+", default=list(SINGLE_SCALE),
                         help="describe every image at these multiples of --max-side and pool them (default: 1)")
     args = parser.parse_args()
     models = {head: load_retrieval_model(head, args.weights, normalization=args.hypercolumn_norm).eval()
@@ -42,7 +43,7 @@ def main() -> None:
 
 
 def print_recall_rows(models: dict[str, torch.nn.Module], streets: list[str], max_side: int,
-                      scales: tuple[float, ...] = (1.0,)) -> None:
+                      scales: tuple[float, ...] = SINGLE_SCALE) -> None:
     """One Markdown row per street and model: recall@1 / @5 / @10 overall and per condition."""
     header = None
     for street in streets:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ..io.poses import read_poses
-from ..models.netvlad import PCAWhitening, recall_at, top_k
+from ..models.netvlad import SINGLE_SCALE, PCAWhitening, recall_at, top_k
 from ..train.retrieval import RetrievalModel, describe, same_place
 
 
 def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 512, radius: float = 5.0,
                      angle: float = 30.0, ks: tuple[int, ...] = (1, 5, 10), whiten: bool = True,
-                     whitening_dim: int = 64, scales: tuple[float, ...] = (1.0,),
+                     whitening_dim: int = 64, scales: tuple[float, ...] = SINGLE_SCALE,
                      progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[int, float]]:
     """``{condition: {k: recall %}}`` with an ``"all"`` entry first.
 

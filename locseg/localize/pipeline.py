@@ -51,7 +51,7 @@ from ..models.hypercolumn import (
     check_normalization,
 )
 from ..models.load import load_hypercolumns, weights_digest
-from ..models.netvlad import check_scales, pool_scales
+from ..models.netvlad import SINGLE_SCALE, check_scales, pool_scales
 from ..models.preprocess import load_image, prepare_image, resize_image
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
@@ -86,7 +86,7 @@ class LocalizeConfig:
     top_k: int = 5
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
-    retrieval_scales: tuple[float, ...] = (1.0,)   # multiples of max_side pooled into a global descriptor
+    retrieval_scales: tuple[float, ...] = SINGLE_SCALE   # multiples of max_side pooled into a global descriptor
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: the PnP poses as they are
@@ -114,9 +114,15 @@ class LocalizeConfig:
         """Short hash of the settings that change a query's result. Single-scale retrieval
         leaves it as it was before ``retrieval_scales`` existed, so older logs stay reusable."""
         settings = self.to_dict()
-        if self.retrieval_scales == (1.0,):
+        if not self.multiscale:
             del settings["retrieval_scales"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def multiscale(self) -> bool:
+        """Whether global descriptors pool several scales. Single-scale settings keep the
+        digest, store ids and store configs they had before ``retrieval_scales`` existed."""
+        return self.retrieval_scales != SINGLE_SCALE
 
 
 @dataclass
@@ -127,7 +133,7 @@ class Models:
     describer: GlobalDescriber
     sparse_id: str
     global_id: str
-    retrieval_scales: tuple[float, ...] = (1.0,)
+    retrieval_scales: tuple[float, ...] = SINGLE_SCALE
 
     @classmethod
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> Models:
@@ -151,7 +157,7 @@ class Models:
                              **preprocessing)
         if describer.source == "hypercolumns":   # it pools the dense map, normalised as configured
             preprocessing["norm"] = config.hypercolumn_norm
-        if config.retrieval_scales != (1.0,):
+        if config.multiscale:
             preprocessing["scales"] = config.retrieval_scales
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
@@ -235,7 +241,7 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
                                         "observation_cell": OBSERVATION_CELL})
     global_config = {"kind": "global descriptors", "backbone": config.backbone, "weights": config.weights,
                      "retrieval_weights": config.retrieval_weights, "max_side": config.max_side}
-    if config.retrieval_scales != (1.0,):   # stores from before multi-scale descriptors stay valid
+    if config.multiscale:
         global_config["scales"] = list(config.retrieval_scales)
     store.set_config(models.global_id, global_config)
     todo = [n for n in reference.names

@@ -21,7 +21,8 @@ descriptors, divides each axis by its standard deviation, and L2-normalises agai
 A multi-scale descriptor describes one image at several sizes, the longer side
 ``max_side * s`` for each scale ``s``: the unit descriptors of the scales are summed
 and L2-normalised again (``pool_scales``), before any whitening. Scales below 1
-let a zoomed-in query meet its references at their scale.
+let a zoomed-in query meet its references at their scale. ``SINGLE_SCALE`` is the
+plain descriptor.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ LEGACY_HEAD_NORMALIZATION = "joint"
 were trained before locseg normalised each level (``locseg.models.hypercolumn``)."""
 
 
+SINGLE_SCALE = (1.0,)
+"""Scales of the plain, single-size descriptor."""
+
+
 def check_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
     """``scales`` as a tuple of floats, or InputError if empty or not all positive."""
     scales = tuple(float(s) for s in scales)
@@ -55,9 +60,10 @@ def check_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def pool_scales(descriptors: torch.Tensor) -> torch.Tensor:
-    """(S, D) unit descriptors of one image at S scales → its (D,) multi-scale descriptor."""
+    """(S, D) unit descriptors of one image at S scales → its (D,) multi-scale descriptor
+    (for one scale, that scale's descriptor as it is)."""
     check_shape("descriptors", descriptors.shape, "(S, D)", descriptors.ndim == 2 and len(descriptors) > 0)
-    return F.normalize(descriptors.sum(0), dim=0)
+    return descriptors[0] if len(descriptors) == 1 else F.normalize(descriptors.sum(0), dim=0)
 
 
 def pooled_normalization(metadata: Mapping[str, str]) -> str | None:

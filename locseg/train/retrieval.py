@@ -46,13 +46,14 @@ from ..models.hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, Hypercol
 from ..models.load import backbone_state, weights_digest
 from ..models.netvlad import (
     RETRIEVAL_SOURCES,
+    SINGLE_SCALE,
     NetVLAD,
     PCAWhitening,
     check_scales,
     pool_scales,
     pooled_normalization,
 )
-from ..models.preprocess import load_image, normalize_image, resize_image
+from ..models.preprocess import load_image, prepare_image
 from ..models.weights import (
     load_state_dict,
     read_safetensors_metadata,
@@ -192,12 +193,12 @@ class PlaceImages:
 
 def load_input(path: Path, max_side: int) -> torch.Tensor:
     """(3, H, W) network input of an image file."""
-    return normalize_image(resize_image(load_image(path), max_side=max_side)[0])
+    return prepare_image(path, max_side=max_side)[0]
 
 
 def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten: bool = True,
              progress: Callable[[str, int, int], None] | None = None,
-             scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+             scales: Sequence[float] = SINGLE_SCALE) -> torch.Tensor:
     """(N, D) descriptors of image files, one at a time (sizes may differ), on the CPU;
     the model runs on its own device. ``scales``: multi-scale descriptors
     (``locseg.models.netvlad``); the default is the plain one."""
@@ -209,8 +210,8 @@ def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten
         for done, path in enumerate(paths):
             image = load_image(path)
             pooled = pool_scales(torch.cat([
-                model(normalize_image(resize_image(image, max_side=round(max_side * s))[0])[None].to(device),
-                      whiten=False) for s in scales]))
+                model(prepare_image(image, max_side=round(max_side * s))[0][None].to(device), whiten=False)
+                for s in scales]))
             out.append((model.whitening(pooled[None])[0] if whiten and model.whitening.fitted else pooled).cpu())
             if progress:
                 progress("describe", done + 1, len(paths))
