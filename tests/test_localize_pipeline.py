@@ -242,6 +242,23 @@ def test_the_retrieval_head_must_pool_the_normalisation_it_was_trained_on():
     assert load_retrieval_model("synthseasons-slim-vlad-v4", "synthseasons-slim-dmcgn-v3").normalization == "levels"
 
 
+def test_a_retrieval_head_refuses_hypercolumn_weights_it_was_not_trained_on():
+    """vlad-v5 records v8's sha256 as the weights it pools: the localizer and the evaluation
+    loader both refuse it over v3, and accept it over v8; v4 (over v3) the other way round."""
+    from locseg.localize.pipeline import Models
+    from locseg.train.retrieval import load_retrieval_model
+
+    v3, v8 = "synthseasons-slim-dmcgn-v3", "synthseasons-slim-dmcgn-v8"
+    refused = "'synthseasons-slim-vlad-v5' pool the hypercolumns of other backbone weights"
+    with pytest.raises(InputError, match=refused):
+        Models.load(LocalizeConfig(weights=v3, retrieval_weights="synthseasons-slim-vlad-v5"), device="cpu")
+    with pytest.raises(InputError, match=refused):
+        load_retrieval_model("synthseasons-slim-vlad-v5", v3)
+    with pytest.raises(InputError, match="'synthseasons-slim-vlad-v4' pool the hypercolumns"):
+        load_retrieval_model("synthseasons-slim-vlad-v4", v8)
+    assert load_retrieval_model("synthseasons-slim-vlad-v5", v8).source == "hypercolumns"
+
+
 def test_multiscale_retrieval_pools_a_second_pass_and_keeps_its_own_store_id():
     """The half scale is one more network pass on the halved input, pooled with the
     full-size descriptor; single-scale settings keep their store id and digest."""

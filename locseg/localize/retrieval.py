@@ -29,7 +29,9 @@ from ..models.netvlad import (
     RETRIEVAL_SOURCES,
     NetVLAD,
     PCAWhitening,
+    check_pooled_weights,
     pooled_normalization,
+    pooled_weights_error,
     top_k,
 )
 from ..models.weights import (
@@ -93,12 +95,9 @@ def load_global_describer(weights: str, hypercolumn_backbone: VGG16,
         backbone = load_backbone(metadata.get("backbone", hypercolumn_backbone.name), None)
         backbone.load_state_dict(own)
     elif source == "hypercolumns":
-        trained_on = metadata.get("init_digest")
-        if (own and not _same_tensors(own, hypercolumn_backbone.state_dict())) or \
-                (trained_on and hypercolumn_digest and trained_on != hypercolumn_digest):
-            raise InputError(f"retrieval weights {weights!r} pool the hypercolumns of other backbone weights than "
-                             "the hypercolumn weights given; train them on those "
-                             "(locseg train-retrieval --source hypercolumns --init ...)")
+        if own and not _same_tensors(own, hypercolumn_backbone.state_dict()):
+            raise pooled_weights_error(weights)
+        check_pooled_weights(weights, metadata, hypercolumn_digest)
     return GlobalDescriber(source, netvlad, backbone, f"vlad-{source}-{weights_digest(weights)[:12]}",
                            pooled_normalization(metadata))
 

@@ -74,6 +74,26 @@ def pooled_normalization(metadata: Mapping[str, str]) -> str | None:
     return metadata.get("hypercolumn_norm", LEGACY_HEAD_NORMALIZATION)
 
 
+def pooled_weights_error(head: str) -> InputError:
+    """The error for a ``hypercolumns`` head asked to pool other hypercolumns than its own."""
+    return InputError(f"retrieval weights {head!r} pool the hypercolumns of other backbone weights than the "
+                      "hypercolumn weights given; give those, or train a head on these "
+                      "(locseg train-retrieval --source hypercolumns --init ...)")
+
+
+def check_pooled_weights(head: str, metadata: Mapping[str, str], hypercolumn_digest: str | None) -> None:
+    """Refuse a ``hypercolumns`` head over hypercolumn weights it was not trained on.
+
+    A head's metadata ``init_digest`` is the sha256 (``weights_digest``) of the
+    hypercolumn weights it was trained to pool; ``hypercolumn_digest`` is that of the
+    weights it is about to pool. Heads without the entry, and conv5_3 heads, pass.
+    """
+    trained_on = metadata.get("init_digest")
+    if pooled_normalization(metadata) is not None and trained_on and hypercolumn_digest \
+            and trained_on != hypercolumn_digest:
+        raise pooled_weights_error(head)
+
+
 class NetVLAD(nn.Module):
     """Aggregates (B, D, H, W) local descriptors into (B, K·D) global descriptors.
 

@@ -49,6 +49,7 @@ from ..models.netvlad import (
     SINGLE_SCALE,
     NetVLAD,
     PCAWhitening,
+    check_pooled_weights,
     check_scales,
     pool_scales,
     pooled_normalization,
@@ -315,6 +316,7 @@ def load_retrieval_model(weights: str, hypercolumn_weights: str | None = None,
     if own:
         model.backbone.load_state_dict(own)
     elif hypercolumn_weights:
+        check_pooled_weights(weights, metadata, weights_digest(hypercolumn_weights))
         model.backbone.load_state_dict(backbone_state(load_state_dict(hypercolumn_weights), hypercolumn_weights))
     else:
         raise InputError(f"retrieval weights {weights!r} hold no backbone; give the hypercolumn weights they "
