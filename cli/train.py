@@ -51,6 +51,22 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
     return decorate
 
 
+def _condition_weights(_context: click.Context, _param: click.Parameter,
+                       values: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """``--condition-weight CONDITION=WEIGHT`` options as (condition, weight) pairs."""
+    weights = []
+    for value in values:
+        name, _, weight = value.rpartition("=")
+        try:
+            if not name:
+                raise ValueError(value)
+            weights.append((name, float(weight)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not CONDITION=WEIGHT (e.g. night-rain=2)",
+                                     param_hint="--condition-weight") from None
+    return tuple(weights)
+
+
 @click.command("finetune-features")
 @click.option("--correspondences", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               multiple=True, help="Folder of Cross-Season Correspondence files (*.mat); repeat for several.")
@@ -87,11 +103,15 @@ def run_options(defaults: FinetuneConfig | RetrievalConfig, lr_help: str, lr_def
               help="Shrink one image of each pair so the two scales differ by a random ratio up to this (1: never).")
 @click.option("--light-augment", type=click.FloatRange(0, 1), default=AugmentConfig().light, show_default=True,
               help="Probability that an image's gamma, gain, colour balance and noise are changed at random.")
+@click.option("--condition-weight", "condition_weights", multiple=True, callback=_condition_weights,
+              metavar="CONDITION=WEIGHT",
+              help="Draw the pairs whose second image is of CONDITION WEIGHT times as often as the others "
+                   "(e.g. night-rain=2); repeat for several.")
 def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output: Path, init: str | None, backbone: str, iterations: int,
              lr: float | None, lr_schedule: str, max_side: int, checkpoint_every: int, validate_every: int,
              seed: int, resume: bool, gn_weight: float, neg_radius: float, mining_offset: int, hypercolumn_norm: str,
              combined_weight: float, dense_weight: float, dense_temperature: float, scale_augment: float,
-             light_augment: float, device: torch.device) -> None:
+             light_augment: float, condition_weights: tuple[tuple[str, float], ...], device: torch.device) -> None:
     """Fine-tune a backbone's hypercolumns with the double-margin contrastive and
     Gauss-Newton losses on the correspondences of image pairs."""
     config = FinetuneConfig(backbone=backbone, init=init, iterations=iterations, lr=lr, lr_schedule=lr_schedule,
@@ -101,7 +121,8 @@ def finetune(correspondences: tuple[Path, ...], images: tuple[Path, ...], output
                             loss=FinetuneLossConfig(gn_weight=gn_weight, neg_radius=neg_radius,
                                                     combined_weight=combined_weight, dense_weight=dense_weight,
                                                     dense_temperature=dense_temperature),
-                            augment=AugmentConfig(scale=scale_augment, light=light_augment))
+                            augment=AugmentConfig(scale=scale_augment, light=light_augment),
+                            condition_weights=condition_weights)
     with stage_progress() as progress:
         finetune_features(correspondences, images, output, config, resume=resume,
                           progress=lambda stage, done, total, losses: progress(

@@ -20,9 +20,12 @@ from locseg.train.checkpoint import load_checkpoint
 from locseg.train.finetune import (
     FinetuneConfig,
     build_model,
+    draw_pair,
     finetune_features,
+    pair_weights,
     split_pairs,
 )
+from locseg.train.pairs import CorrespondencePairs
 
 FAST = FinetuneConfig(max_side=128, positives=64, iterations=3, checkpoint_every=1, validate_every=3,
                       validation_pairs=2, validation_points=50, lr=1e-4)
@@ -32,13 +35,15 @@ def _run(street, output, config=FAST, resume=False):
     return finetune_features(street / "correspondences", street / "images", output, config, resume=resume)
 
 
-@pytest.mark.parametrize("augment, max_side", [(AugmentConfig(), 128), (AugmentConfig(scale=1.5, light=0.5), 224)],
-                         ids=["plain", "augmented"])
-def test_resume_continues_exactly(small_street, tmp_path, augment, max_side):
+@pytest.mark.parametrize("augment, max_side, weights", [
+    (AugmentConfig(), 128, ()), (AugmentConfig(scale=1.5, light=0.5), 224, ()), (AugmentConfig(), 128, {"night": 3})],
+    ids=["plain", "augmented", "weighted"])
+def test_resume_continues_exactly(small_street, tmp_path, augment, max_side, weights):
     """A run stopped after step 2 and resumed ends where an uninterrupted run ends, also
-    when its pairs are augmented (the draws come from the checkpointed generator; images
-    large enough that a shrunk one leaves negatives outside the mining radius)."""
-    config = dataclasses.replace(FAST, augment=augment, max_side=max_side)
+    when its pairs are augmented or drawn by condition weights (the draws come from the
+    checkpointed generator; images large enough that a shrunk one leaves negatives outside
+    the mining radius)."""
+    config = dataclasses.replace(FAST, augment=augment, max_side=max_side, condition_weights=weights)
     straight = load_checkpoint(_run(small_street, tmp_path / "straight.pt", config))
     partial = tmp_path / "partial.pt"
     _run(small_street, partial, dataclasses.replace(config, iterations=2))
@@ -51,6 +56,46 @@ def test_resume_continues_exactly(small_street, tmp_path, augment, max_side):
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
     assert "all" in straight.metrics["history"][-1]["precision"]
+
+
+def test_condition_weights_draw_each_condition_in_proportion(small_street):
+    """night-rain weighs 3, sun 0, the rest 1: over 20 000 draws each condition's share is
+    its weight times its pair count over the weighted total (within 1.5 points)."""
+    pairs = CorrespondencePairs(small_street / "correspondences", small_street / "images")
+    ids, _ = split_pairs(len(pairs), FAST.validation_pairs)
+    weights = pair_weights(pairs, ids, {"night-rain": 3.0, "sun": 0.0})
+    conditions = [pairs.condition(i) for i in ids]
+    assert conditions == [pairs[i].condition for i in ids]  # read without loading the pair
+    expected = {c: conditions.count(c) * {"night-rain": 3.0, "sun": 0.0}.get(c, 1.0) for c in set(conditions)}
+    total = sum(expected.values())
+    generator = torch.Generator().manual_seed(0)
+    drawn = [pairs.condition(draw_pair(ids, weights, generator)) for _ in range(20000)]
+    for condition, weight in expected.items():
+        assert drawn.count(condition) / len(drawn) == pytest.approx(weight / total, abs=0.015), condition
+    assert "sun" not in drawn
+
+
+def test_without_condition_weights_pairs_are_drawn_as_before(small_street):
+    """No weights: one randint per draw, so every earlier run's pairs are drawn again."""
+    pairs = CorrespondencePairs(small_street / "correspondences", small_street / "images")
+    ids, _ = split_pairs(len(pairs), FAST.validation_pairs)
+    assert pair_weights(pairs, ids, {}) is None
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [draw_pair(ids, None, a) for _ in range(50)] == \
+        [ids[int(torch.randint(len(ids), (1,), generator=b))] for _ in range(50)]
+
+
+def test_bad_condition_weights_are_refused(small_street):
+    pairs = CorrespondencePairs(small_street / "correspondences", small_street / "images")
+    ids = list(range(len(pairs)))
+    with pytest.raises(InputError, match="no training pair is of condition 'nigth'; conditions of the pairs: autumn, dusk"):
+        pair_weights(pairs, ids, {"nigth": 2.0})
+    with pytest.raises(InputError, match="leave no training pair"):
+        pair_weights(pairs, ids, dict.fromkeys({pairs.condition(i) for i in ids}, 0.0))
+    with pytest.raises(InputError, match="condition weight of 'night' must be a finite number >= 0, got -1.0"):
+        dataclasses.replace(FAST, condition_weights={"night": -1})
+    with pytest.raises(InputError, match="name a condition twice"):
+        dataclasses.replace(FAST, condition_weights=(("night", 2), ("night", 3)))
 
 
 def test_the_cosine_schedule_falls_from_lr_to_zero():
@@ -225,6 +270,20 @@ def test_the_command_passes_its_options_to_the_run(small_street, tmp_path):
     assert config["loss"]["dense_weight"] == 0.25 and config["loss"]["dense_temperature"] == 0.1
     assert config["augment"] == {"scale": 1.4, "light": 0.3} and config["lr_schedule"] == "cosine"
     assert config["max_side"] == 128 and output.with_suffix(".safetensors").is_file()
+
+
+def test_the_command_reads_condition_weights(small_street, tmp_path):
+    street = ["--correspondences", str(small_street / "correspondences"), "--images", str(small_street / "images"),
+              "--iterations", "1", "--max-side", "128", "--validate-every", "0"]
+    output = tmp_path / "cli.pt"
+    result = CliRunner().invoke(finetune, [*street, "--output", str(output), "--condition-weight", "night-rain=2",
+                                           "--condition-weight", "night=1.5"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(output).config["condition_weights"] == [["night-rain", 2.0], ["night", 1.5]]
+    refused = tmp_path / "refused.pt"
+    result = CliRunner().invoke(finetune, [*street, "--output", str(refused), "--condition-weight", "night-rain:2"])
+    assert result.exit_code == 2 and "'night-rain:2' is not CONDITION=WEIGHT" in result.output
+    assert not refused.exists()
 
 
 def test_the_command_shows_each_held_out_check(small_street, tmp_path):

@@ -80,6 +80,31 @@ class CorrespondencePair:
         return len(self.points_i)
 
 
+def read_image_paths(path: str | Path) -> tuple[str, str]:
+    """The two image paths of one correspondence file, without reading its points.
+
+    Raises as ``read_correspondences`` does, for the two path datasets.
+    """
+    path = Path(path)
+    with _open(path, DATASETS[:2]) as f:
+        return _read_chars(path, f["im_i_path"]), _read_chars(path, f["im_j_path"])
+
+
+def _open(path: Path, datasets: tuple[str, ...]) -> h5py.File:
+    """``path`` open for reading, checked to hold ``datasets``."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise FormatError(path, f"not an HDF5 (MATLAB v7.3) file: {err}") from None
+    missing = [name for name in datasets if not isinstance(f.get(name), h5py.Dataset)]
+    if missing:
+        f.close()
+        raise FormatError(path, f"missing dataset(s) {', '.join(missing)}; expected {', '.join(DATASETS)}")
+    return f
+
+
 def read_correspondences(path: str | Path) -> CorrespondencePair:
     """Read one correspondence file.
 
@@ -89,18 +114,7 @@ def read_correspondences(path: str | Path) -> CorrespondencePair:
             the file is not HDF5 (MAT-files before v7.3 are not).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise FormatError(path, f"not an HDF5 (MATLAB v7.3) file: {err}") from None
-    with f:
-        missing = [name for name in DATASETS if not isinstance(f.get(name), h5py.Dataset)]
-        if missing:
-            raise FormatError(
-                path, f"missing dataset(s) {', '.join(missing)}; expected {', '.join(DATASETS)}"
-            )
+    with _open(path, DATASETS) as f:
         image_i = _read_chars(path, f["im_i_path"])
         image_j = _read_chars(path, f["im_j_path"])
         points_i = _read_points(path, f["pt_i"])

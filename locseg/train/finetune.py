@@ -11,6 +11,8 @@ loss plus lambda = 0.5 times the Gauss-Newton loss, summed over levels, and Adam
 (weight decay 0.05) minimises it. Optionally (``FinetuneLossConfig.combined_weight``, not
 in the seed) one more DMC term compares the whole hypercolumn maps, as matching does,
 and ``FinetuneConfig.augment`` changes the scale and light of each pair (``augment``).
+Pairs are drawn uniformly, or with ``condition_weights`` in proportion to the weight
+of their second image's condition (``pair_weights``), to train more on hard conditions.
 The learning rate is constant (seed 002), or with ``lr_schedule="cosine"`` falls from
 ``lr`` at step 0 to 0 at step ``iterations`` along half a cosine.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,6 +87,7 @@ class FinetuneConfig:
     mining_offset: int = 0                # steps of the runs this one continues: M is read at offset + step
     loss: FinetuneLossConfig = field(default_factory=FinetuneLossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)   # scale and light changes (not in the seed)
+    condition_weights: tuple[tuple[str, float], ...] = ()   # (condition, weight) pairs or a dict; others weigh 1
 
     def __post_init__(self) -> None:
         if self.mining_offset < 0:
@@ -93,6 +96,16 @@ class FinetuneConfig:
             raise InputError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.lr is None:
             object.__setattr__(self, "lr", PRETRAINED_LR if self.init else SCRATCH_LR)
+        given = self.condition_weights
+        weights = tuple((str(name), float(weight)) for name, weight in (
+            given.items() if isinstance(given, Mapping) else given))
+        names = [name for name, _ in weights]
+        if len(set(names)) != len(names):
+            raise InputError(f"condition_weights name a condition twice: {names}")
+        bad = [(name, weight) for name, weight in weights if not (math.isfinite(weight) and weight >= 0)]
+        if bad:
+            raise InputError(f"condition weight of {bad[0][0]!r} must be a finite number >= 0, got {bad[0][1]}")
+        object.__setattr__(self, "condition_weights", weights)
 
     @property
     def resume_may_change(self) -> tuple[str, ...]:
@@ -204,9 +217,10 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
         model.train()
         return precision.percent()
 
+    weights = pair_weights(pairs, train_ids, dict(config.condition_weights))
     model.train()
     while run.step < config.iterations:
-        sample = pairs[train_ids[int(torch.randint(len(train_ids), (1,), generator=run.generator))]]
+        sample = pairs[draw_pair(train_ids, weights, run.generator)]
         sample = augment_pair(sample, config.augment, run.generator)
         if len(sample.points_a) < MIN_POINTS:
             run.step += 1
@@ -235,6 +249,35 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
                          "nothing was trained (check the image root and the correspondence files)")
     export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
     return output
+
+
+def pair_weights(pairs: CorrespondencePairs, ids: Sequence[int], weights: dict[str, float]) -> torch.Tensor | None:
+    """(len(ids),) float64 weight of drawing each training pair: its condition's weight in
+    ``weights``, 1 for conditions it does not name; None without ``weights`` (uniform draws).
+
+    Raises:
+        InputError: ``weights`` name a condition no training pair has, or leave no pair a
+            weight above 0.
+    """
+    if not weights:
+        return None
+    conditions = [pairs.condition(i) for i in ids]
+    unknown = sorted(set(weights) - set(conditions))
+    if unknown:
+        raise InputError(f"no training pair is of condition {unknown[0]!r}; "
+                         f"conditions of the pairs: {', '.join(sorted(set(conditions)))}")
+    drawn = torch.tensor([weights.get(c, 1.0) for c in conditions], dtype=torch.float64)
+    if not drawn.sum() > 0:
+        raise InputError(f"condition weights {weights} leave no training pair to draw")
+    return drawn
+
+
+def draw_pair(ids: Sequence[int], weights: torch.Tensor | None, generator: torch.Generator) -> int:
+    """One of ``ids``: uniformly (one ``randint`` draw, as every run before condition weights
+    drew), or with probability proportional to ``weights`` (``pair_weights``)."""
+    if weights is None:
+        return ids[int(torch.randint(len(ids), (1,), generator=generator))]
+    return ids[int(torch.multinomial(weights, 1, generator=generator))]
 
 
 def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig, init_digest: str | None = None) -> Path:

@@ -21,6 +21,7 @@ from ..io.correspondences import (
     CorrespondencePair,
     iter_correspondence_files,
     read_correspondences,
+    read_image_paths,
 )
 from ..models.preprocess import (
     DEFAULT_MAX_SIDE,
@@ -28,6 +29,12 @@ from ..models.preprocess import (
     normalize_image,
     resize_image,
 )
+
+
+def condition_of(name: str) -> str:
+    """The condition an image belongs to: the first component of its path below the image
+    root (``night-rain`` for ``night-rain/cam1/000003.png``, as SynthSeasons lays them out)."""
+    return name.split("/", 1)[0]
 
 
 @dataclass
@@ -50,8 +57,8 @@ class PairSample:
 
     @property
     def condition(self) -> str:
-        """The condition of the second image: the first component of its name."""
-        return self.name_b.split("/", 1)[0]
+        """The condition of the second image (``condition_of``)."""
+        return condition_of(self.name_b)
 
     def to(self, device: torch.device | str) -> PairSample:
         """The pair with its images and points on ``device`` (itself when they are there already)."""
@@ -103,6 +110,10 @@ class CorrespondencePairs:
     def pair(self, index: int) -> CorrespondencePair:
         """The raw correspondences of pair ``index``, in original-image pixels."""
         return read_correspondences(self.files[index])
+
+    def condition(self, index: int) -> str:
+        """The condition of pair ``index``'s second image (``condition_of``), read without its points."""
+        return condition_of(read_image_paths(self.files[index])[1])
 
     def __getitem__(self, index: int) -> PairSample:
         raw = self.pair(index)
