@@ -572,7 +572,14 @@ register_bundled(
     "981b5051210dc2b84bde287f9e3d2741ef043ac9bf9ecb6c5ef8fcad24c0133c",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v7 trained a fourth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.0125 on SynthSeasons train streets 0-4 (recipe "
-    "and test-street precision in benchmarks/RESULTS.md); the best hypercolumns and the localizer's default",
+    "and test-street precision in benchmarks/RESULTS.md); the localizer's default",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v9.safetensors",
+    "7063cefaf15550aea94b36683a1822a9b09967ab07effd21e02ac4b69145d682",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v8 trained a fifth cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.0125 on 13 SynthSeasons train streets (0-4, "
+    "6-13; recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
     model="vgg16-slim")
 register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
