@@ -195,7 +195,7 @@ def test_a_step_on_images_the_strides_do_not_divide():
 @pytest.mark.parametrize("name", ["synthseasons-slim-dmcgn-interim", "synthseasons-slim-dmcgn-v4",
                                   "synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v6",
                                   "synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v8",
-                                  "synthseasons-slim-dmcgn-v9"])
+                                  "synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v10"])
 def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
@@ -217,9 +217,11 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     ("synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v6", 4, 0.025),
     ("synthseasons-slim-dmcgn-v8", "synthseasons-slim-dmcgn-v7", 5, 0.0125),
     ("synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v8", 6, 0.0125),
+    ("synthseasons-slim-dmcgn-v10", "synthseasons-slim-dmcgn-v9", 7, 0.00625),
 ])
 def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temperature):
-    """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``."""
+    """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``
+    (v10's run named v9 by the path of its run's export, before v9 was bundled: the digest is what ties them)."""
     from locseg.models.weights import (
         file_sha256,
         read_safetensors_metadata,
@@ -229,7 +231,8 @@ def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temper
     metadata = read_safetensors_metadata(resolve_weights(name))
     recipe = json.loads(metadata["recipe"])
     assert metadata["init_digest"] == file_sha256(resolve_weights(init))
-    assert recipe["init"] == init and recipe["seed"] == seed
+    recorded = {"synthseasons-slim-dmcgn-v10": "outputs/runs/v8-c5-13.safetensors"}.get(name, init)
+    assert recipe["init"] == recorded and recipe["seed"] == seed
     assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
     assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
     assert recipe["loss"]["dense_temperature"] == temperature

@@ -579,6 +579,13 @@ register_bundled(
     "7063cefaf15550aea94b36683a1822a9b09967ab07effd21e02ac4b69145d682",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v8 trained a fifth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.0125 on 13 SynthSeasons train streets (0-4, "
+    "6-13; recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v10", "synthseasons-slim-dmcgn-v10.safetensors",
+    "6ef6d96bfc40b8d71d60f42c5ca6c95b725003916a21cf11b4b9c5e5979fbb85",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v9 trained a sixth cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.00625 on 13 SynthSeasons train streets (0-4, "
     "6-13; recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
     model="vgg16-slim")
 register_bundled(
