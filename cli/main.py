@@ -38,9 +38,19 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import evaluate, export, features, localize, reference, segment, synth, train
+    from . import (
+        evaluate,
+        export,
+        features,
+        localize,
+        reference,
+        segment,
+        synth,
+        train,
+        weights,
+    )
 
-    for module in (synth, localize, reference, export, evaluate, train, features, segment):
+    for module in (synth, localize, reference, export, evaluate, train, features, segment, weights):
         for command in module.COMMANDS:
             cli.add_command(command)
 

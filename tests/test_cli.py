@@ -63,3 +63,27 @@ def test_every_subpackage_is_installed():
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
     assert config["package-dir"]["locseg_cli"] == "cli"
     assert locseg.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+
+def test_weights_lists_the_bundled_ones_and_describes_one():
+    from locseg.localize.pipeline import DEFAULT_RETRIEVAL_WEIGHTS, DEFAULT_WEIGHTS
+    from locseg.models.weights import bundled_names, bundled_weights
+
+    entries = json.loads(run("weights", "--json").output)
+    listed = [entry["name"] for entry in entries]
+    assert sorted(listed) == bundled_names() and all(entry["present"] for entry in entries)
+    assert listed.index("synthseasons-slim-dmcgn-v9") < listed.index("synthseasons-slim-dmcgn-v10")
+    defaults = {entry["name"]: entry["default_for"] for entry in entries if entry["default_for"]}
+    assert set(defaults) == {DEFAULT_WEIGHTS, DEFAULT_RETRIEVAL_WEIGHTS}
+    head = json.loads(run("weights", DEFAULT_RETRIEVAL_WEIGHTS, "--json").output)
+    assert head["bundled"] == DEFAULT_RETRIEVAL_WEIGHTS and head["sha256"] == bundled_weights(head["bundled"]).sha256
+    assert head["init"] == DEFAULT_WEIGHTS   # the hypercolumns it pools, found by their digest
+    lines = run("weights", DEFAULT_RETRIEVAL_WEIGHTS).output.splitlines()
+    assert any("trained from" in line and DEFAULT_WEIGHTS in line for line in lines)
+
+
+def test_weights_of_an_unknown_name_fail_listing_the_valid_ones():
+    out = run("weights", "no-such-weights")
+    assert out.exit_code == 2 and out.stderr.count("\n") == 1
+    assert "no-such-weights" in out.stderr and "synthseasons-slim-vlad-v5" in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from locseg.models.weights import (
     resolve_weights,
     save_safetensors,
 )
+from locseg.models.weights_info import summarize_weights
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -366,3 +368,31 @@ def test_file_url(tmp_path):
 def test_unsupported_url_scheme():
     with pytest.raises(InputError, match="http, https, file"):
         resolve_weights("s3://bucket/model.pth")
+
+
+# --------------------------------------------------------------------------- describing a file
+
+
+def test_a_summary_names_the_bundled_weights_a_file_was_trained_from(tmp_path):
+    base = save_safetensors(tiny_state(0), tmp_path / "assets" / "base.safetensors")
+    register_bundled("base", "base.safetensors", file_sha256(base), "the start", model="vgg16-slim")
+    trained = save_safetensors(tiny_state(1), tmp_path / "trained.safetensors", metadata={
+        "backbone": "vgg16-slim", "init_digest": file_sha256(base), "recipe": json.dumps({"lr": 3e-4, "seed": 7}),
+        "sources": json.dumps({"folders": [["/data/a/correspondences", "/data/a/images"]], "pairs": 12})})
+    summary = summarize_weights(trained)
+    assert (summary.tensors, summary.parameters) == (4, 4 * 3 * 3 * 3 + 4 + 1 + 2 * 4)
+    assert (summary.format, summary.bundled, summary.init) == ("safetensors", None, "base")
+    assert summary.sha256 == file_sha256(trained)
+    assert summary.trained_on == ["/data/a/correspondences"]
+    assert summary.metadata["recipe"] == {"lr": 3e-4, "seed": 7}
+    assert json.loads(json.dumps(summary.to_dict()))["init"] == "base"
+    assert summarize_weights("base").bundled == "base"
+
+
+def test_a_summary_of_a_torch_file_or_of_weights_without_a_record(tmp_path):
+    torch.save(tiny_state(), tmp_path / "plain.pth")
+    summary = summarize_weights(tmp_path / "plain.pth")
+    assert (summary.format, summary.tensors, summary.metadata, summary.init, summary.trained_on) == (
+        "torch", 4, {}, None, [])
+    unknown = save_safetensors(tiny_state(), tmp_path / "other.safetensors", metadata={"init_digest": "ab" * 32})
+    assert summarize_weights(unknown).init == "ab" * 32   # a digest no bundled file has stays a digest

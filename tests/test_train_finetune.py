@@ -149,7 +149,10 @@ def test_checkpoints_record_cpu_time_across_resumes(small_street, tmp_path):
 def test_exported_weights_initialise_a_new_run(small_street, tmp_path):
     output = _run(small_street, tmp_path / "run.pt", dataclasses.replace(FAST, iterations=1, validate_every=0))
     weights = output.with_suffix(".safetensors")
-    assert read_safetensors_metadata(weights)["backbone"] == "vgg16-slim"
+    metadata = read_safetensors_metadata(weights)
+    assert metadata["backbone"] == "vgg16-slim"
+    assert json.loads(metadata["sources"])["folders"] == [[str((small_street / "correspondences").resolve()),
+                                                            str((small_street / "images").resolve())]]
     model = build_model(dataclasses.replace(FAST, init=str(weights)))
     trained = load_checkpoint(output).model_state
     for name, value in model.state_dict().items():

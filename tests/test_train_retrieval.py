@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -70,8 +71,9 @@ def test_training_resumes_exactly_and_exports_weights(small_street, tmp_path):
     assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
     for name, value in straight.model_state.items():  # the last step's update too
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)
-    model = build_model(dataclasses.replace(FAST, init=str(tmp_path / "straight.safetensors")),
-                        PlaceImages.from_streets([small_street]))
+    exported = tmp_path / "straight.safetensors"
+    assert json.loads(read_safetensors_metadata(exported)["sources"])["streets"] == [str(small_street.resolve())]
+    model = build_model(dataclasses.replace(FAST, init=str(exported)), PlaceImages.from_streets([small_street]))
     for name, value in model.state_dict().items():
         if not name.startswith("whitening"):
             torch.testing.assert_close(value, straight.model_state[name])

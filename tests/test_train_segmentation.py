@@ -249,6 +249,8 @@ def test_a_run_resumes_after_its_init_weights_have_moved(small_street, tmp_path)
     resumed = load_checkpoint(train_segmentation([small_street], tmp_path / "killed.pt", config, resume=True))
     assert resumed.metrics["history"] == straight.metrics["history"]
     # The weights name what they started from by content, not by the path as typed.
-    assert read_safetensors_metadata(tmp_path / "killed.safetensors")["init_digest"] == digest
+    metadata = read_safetensors_metadata(tmp_path / "killed.safetensors")
+    assert metadata["init_digest"] == digest
+    assert json.loads(metadata["sources"])["datasets"] == [str(small_street.resolve())]
     for name, value in straight.model_state.items():
         torch.testing.assert_close(resumed.model_state[name], value, rtol=0, atol=0)

@@ -247,7 +247,7 @@ def finetune_features(correspondences: str | Path | Sequence[str | Path], images
     if run.metrics.get("skipped", 0) >= config.iterations:
         raise InputError(f"no training pair had {MIN_POINTS} correspondences inside both images; "
                          "nothing was trained (check the image root and the correspondence files)")
-    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
+    export_weights(model, output.with_suffix(".safetensors"), config, run.provenance())
     return output
 
 
@@ -280,11 +280,10 @@ def draw_pair(ids: Sequence[int], weights: torch.Tensor | None, generator: torch
     return ids[int(torch.multinomial(weights, 1, generator=generator))]
 
 
-def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig, init_digest: str | None = None) -> Path:
-    """The backbone's weights alone, as safetensors with the recipe in the metadata, and the
-    sha256 of the ``init`` weights (``init_digest``) where there were any."""
+def export_weights(model: Hypercolumns, path: Path, config: FinetuneConfig,
+                   provenance: Mapping[str, str] | None = None) -> Path:
+    """The backbone's weights alone, as safetensors with the recipe in the metadata and the
+    run's ``provenance`` (``Run.provenance``: training data, and the ``init`` weights' sha256)."""
     metadata = {"backbone": config.backbone, "layers": json.dumps(list(config.layers)),
-                "recipe": json.dumps(config.to_dict())}
-    if init_digest:
-        metadata["init_digest"] = init_digest
+                "recipe": json.dumps(config.to_dict())} | dict(provenance or {})
     return save_safetensors(model.backbone.state_dict(), path, metadata=metadata)

@@ -27,7 +27,7 @@ checkpoint at ``output``, and ``output`` with the suffix ``.safetensors`` holdin
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -411,7 +411,7 @@ def train_retrieval(streets: Sequence[str | Path], output: str | Path, config: R
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
-    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
+    export_weights(model, output.with_suffix(".safetensors"), config, run.provenance())
     return output
 
 
@@ -421,17 +421,21 @@ def _pools_init_hypercolumns(config: RetrievalConfig) -> bool:
 
 
 def export_weights(model: RetrievalModel, path: Path, config: RetrievalConfig,
-                   init_digest: str | None = None) -> Path:
+                   provenance: Mapping[str, str] | None = None) -> Path:
     """``netvlad.*`` tensors, plus ``backbone.*`` unless the backbone was frozen on the
     hypercolumn weights ``config.init`` (then the localizer pools its own hypercolumns,
-    and the metadata's ``init_digest`` lets it check they are the same weights; given, or
-    else computed from ``config.init``)."""
+    and the metadata's ``init_digest`` lets it check they are the same weights: the
+    ``provenance``'s, or else computed from ``config.init``). The ``provenance``
+    (``Run.provenance``) also records the training streets."""
     state = {f"netvlad.{k}": v for k, v in model.netvlad.state_dict().items()}
+    provenance = dict(provenance or {})
     metadata = {"backbone": config.backbone, "source": config.source, "recipe": json.dumps(config.to_dict())}
+    if "sources" in provenance:
+        metadata["sources"] = provenance["sources"]
     if config.source == "hypercolumns":
         metadata["hypercolumn_norm"] = config.hypercolumn_norm
     if _pools_init_hypercolumns(config):
-        metadata["init_digest"] = init_digest or weights_digest(config.init)
+        metadata["init_digest"] = provenance.get("init_digest") or weights_digest(config.init)
     else:
         state |= {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
     return save_safetensors(state, path, metadata=metadata)

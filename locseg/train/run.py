@@ -17,6 +17,7 @@ it keeps in ``metrics["cpu_counted_from"]``.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,17 @@ class Run:
         if init and self.step == 0 and "init_digest" not in self.metrics:
             self.metrics["init_digest"] = weights_digest(init)
         return self.metrics.get("init_digest")
+
+    def provenance(self) -> dict[str, str]:
+        """The metadata that tells where the weights this run exports came from: the data it
+        trained on (``sources``, JSON, as ``start`` recorded it) and the sha256 of the weights it
+        started from (``init_digest``), each where the run recorded one."""
+        record = {}
+        if "sources" in self.metrics:
+            record["sources"] = json.dumps(self.metrics["sources"])
+        if self.metrics.get("init_digest"):
+            record["init_digest"] = self.metrics["init_digest"]
+        return record
 
     def cpu_seconds(self) -> float:
         """The process CPU time this run has used so far, over all its resumes."""

@@ -49,7 +49,7 @@ best validation mIoU so far to ``.best.safetensors``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -506,7 +506,7 @@ def train_segmentation(datasets: Sequence[str | Path], output: str | Path, confi
         if run.step % config.checkpoint_every == 0:
             run.save()
     run.save()
-    export_weights(model, output.with_suffix(".safetensors"), config, run.metrics.get("init_digest"))
+    export_weights(model, output.with_suffix(".safetensors"), config, run.provenance())
     return output
 
 
@@ -566,14 +566,13 @@ def _validate_and_keep_best(run: Run, items: Sequence[LabelledImage], images: Re
     miou = {group: round(value, 4) for group, value in evaluation.miou.items()}
     if miou.get("all", -1.0) > run.metrics.get("best_miou", -1.0):
         run.metrics["best_miou"], run.metrics["best_step"] = miou["all"], run.step
-        export_weights(run.model, run.output.with_suffix(".best.safetensors"), config, run.metrics.get("init_digest"))
+        export_weights(run.model, run.output.with_suffix(".best.safetensors"), config, run.provenance())
     return miou
 
 
-def export_weights(model: SegmentationModel, path: Path, config: SegConfig, init_digest: str | None = None) -> Path:
+def export_weights(model: SegmentationModel, path: Path, config: SegConfig,
+                   provenance: Mapping[str, str] | None = None) -> Path:
     """The whole model as safetensors, its architecture and recipe in the metadata, with the
-    sha256 of the ``init`` weights (``init_digest``) where there were any."""
-    metadata = segmentation_metadata(model.config, config.to_dict())
-    if init_digest:
-        metadata["init_digest"] = init_digest
+    run's ``provenance`` (``Run.provenance``: training data, and the ``init`` weights' sha256)."""
+    metadata = segmentation_metadata(model.config, config.to_dict()) | dict(provenance or {})
     return save_safetensors(model.state_dict(), path, metadata=metadata)
