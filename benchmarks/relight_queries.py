@@ -18,30 +18,13 @@ import argparse
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-import locseg.synth.render as synth_render
-from locseg.synth.conditions import CONDITIONS
 from locseg.synth.generate import SynthConfig, plan_street
-
-PREFIX = "relit-"
-
-
-def relit_conditions(queries: list[str]) -> None:
-    """Register ``relit-<c>``: the reference's condition under the traversal seed of ``c``."""
-    for name in queries:
-        CONDITIONS[PREFIX + name] = replace(CONDITIONS["reference"], name=PREFIX + name,
-                                            parked_cars=CONDITIONS[name].parked_cars, role="probe")
-    original = synth_render.traversal_seed
-
-    def traversal_seed(scene, condition: str) -> int | None:
-        return original(scene, condition.removeprefix(PREFIX))
-
-    synth_render.traversal_seed = traversal_seed
+from locseg.synth.render import render
 
 
 def main() -> None:
@@ -52,7 +35,6 @@ def main() -> None:
     source = args.dataset.resolve()
     summary = json.loads((source / "synth.json").read_text())
     street = plan_street(SynthConfig(**summary["config"]))
-    relit_conditions(list(street.queries))
     if args.output.exists():
         shutil.rmtree(args.output)
     (args.output / "images").mkdir(parents=True)
@@ -63,7 +45,7 @@ def main() -> None:
     for condition, views in street.queries.items():
         agree = []
         for view in views:
-            rendered = synth_render.render(street.scene, replace(view, condition=PREFIX + condition))
+            rendered = render(street.scene, view, light="reference")
             stored = np.load(source / "depth" / f"{view.stem}.npy")
             agree.append(np.isclose(stored, rendered.depth, rtol=1e-4, atol=1e-4).mean())
             path = args.output / "images" / view.name

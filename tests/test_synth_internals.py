@@ -73,6 +73,15 @@ def test_rendering_is_deterministic(street):
     assert np.allclose(again.queries["night"][0].T_cam_from_world.data, view.T_cam_from_world.data)
 
 
+def test_another_light_keeps_the_geometry_of_the_traversal(street):
+    view = street.queries["night"][0]
+    plain, relit = render(street.scene, view), render(street.scene, view, light="reference")
+    assert np.array_equal(plain.depth, relit.depth) and np.array_equal(plain.keys, relit.keys)
+    assert np.abs(plain.image.astype(int) - relit.image.astype(int)).mean() > 10   # night lit as by day
+    same = render(street.scene, view, light="night")
+    assert np.array_equal(same.image, plain.image)
+
+
 def test_train_and_test_streets_differ():
     train, test = (plan_street(SynthConfig(seed=0, split=s, size="small")) for s in ("train", "test"))
     assert train.config.street_seed != test.config.street_seed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,11 +38,15 @@ def traversal_seed(scene: Scene, condition: str) -> int | None:
     return int(hash_uniform(scene.seed, text_seed(condition)) * (1 << 24))
 
 
-def render(scene: Scene, view: View, rays: CameraRays | None = None) -> Rendered:
-    """Render ``view`` of ``scene`` in the view's condition."""
+def render(scene: Scene, view: View, rays: CameraRays | None = None, light: str | None = None) -> Rendered:
+    """Render ``view`` of ``scene`` in the view's condition, or with ``light`` in that
+    condition's light, weather and sensor while the scene stays the view's traversal
+    (its parked cars, lamps and windows): the same geometry, another appearance."""
     rays = rays or CameraRays.of(view.camera)
     traversal = traversal_seed(scene, view.condition)
     condition = get_condition(view.condition)
+    if light is not None:
+        condition = replace(get_condition(light), parked_cars=condition.parked_cars)
     prims = scene.primitives(traversal, condition.parked_cars)
     gbuf = cast(prims, rays, view.T_cam_from_world)
     heightfield = (scene.dynamic_heightfield(traversal, condition.parked_cars) if condition.casts_shadows
