@@ -38,7 +38,7 @@ from locseg.evaluate.pose import DEFAULT_THRESHOLDS, evaluate_poses
 from locseg.geometry import Camera
 from locseg.io.colmap import read_model
 from locseg.io.poses import read_poses
-from locseg.io.queries import read_query_list
+from locseg.io.queries import condition_of, read_query_list
 from locseg.localize.pipeline import (
     LocalizeConfig,
     Localizer,
@@ -101,7 +101,7 @@ def first_per_condition(queries: list[tuple[str, Camera]], limit: int) -> list[t
     taken: Counter[str] = Counter()
     kept = []
     for name, camera in queries:
-        condition = name.split("/")[0]
+        condition = condition_of(name)
         if taken[condition] < limit:
             kept.append((name, camera))
             taken[condition] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from locseg.evaluate.segmentation import SegAccumulator, label_files, read_label_png
+from locseg.io.queries import condition_of
 from locseg.models.segmentation import CLASSES
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--true-class", required=True, choices=CLASSES)
     parser.add_argument("--top", type=int, default=4)
     args = parser.parse_args()
-    truth = {n: p for n, p in label_files(args.labels).items() if n.split("/")[0] == args.condition}
+    truth = {n: p for n, p in label_files(args.labels).items() if condition_of(n) == args.condition}
     row = CLASSES.index(args.true_class)
     for folder in args.predictions:
         predicted, accumulator = label_files(folder), SegAccumulator()

@@ -44,7 +44,7 @@ def main() -> None:
     cosines: dict[str, dict[str, list[torch.Tensor]]] = {"features": {}, "logits": {}}
     for index in np.random.default_rng(args.seed).choice(len(pairs), min(args.pairs, len(pairs)), replace=False):
         sample = orient(pairs[int(index)], config.reference_condition)
-        condition = sample.name_b.split("/")[0]
+        condition = sample.condition
         with torch.no_grad():
             reference, target = model(sample.image_a[None]), model(sample.image_b[None])
             keep = stationary(sample_feature_map(reference.logits, sample.points_a[None], reference.stride)[0])

@@ -57,12 +57,14 @@ def _describe(summary: WeightsSummary) -> None:
             ("tensors", f"{summary.tensors}, {summary.parameters:,} parameters ({summary.format})")]
     rows += [(key, str(metadata.pop(key))) for key in ("backbone", "source", "layers", "hypercolumn_norm")
              if key in metadata]
-    if summary.init:
-        rows.append(("trained from", summary.init))
+    if summary.init:   # a head on frozen hypercolumns records the weights it pools
+        rows.append(("pools" if summary.metadata.get("source") == "hypercolumns" else "trained from", summary.init))
     metadata.pop("init_digest", None)
     if summary.trained_on:
         rows.append((f"trained on ({len(summary.trained_on)})", "\n".join(summary.trained_on)))
-    metadata.pop("sources", None)
+    sources = metadata.pop("sources", None)
+    if isinstance(sources, dict):
+        rows += [(key, str(sources[key])) for key in ("pairs", "images") if key in sources]
     recipe = metadata.pop("recipe", None)
     if isinstance(recipe, dict):
         rows.append(("recipe", " ".join(f"{key}={value}" for key, value in _flat(recipe))))

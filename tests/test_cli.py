@@ -80,7 +80,7 @@ def test_weights_lists_the_bundled_ones_and_describes_one():
     assert head["bundled"] == DEFAULT_RETRIEVAL_WEIGHTS and head["sha256"] == bundled_weights(head["bundled"]).sha256
     assert head["init"] == DEFAULT_WEIGHTS   # the hypercolumns it pools, found by their digest
     lines = run("weights", DEFAULT_RETRIEVAL_WEIGHTS).output.splitlines()
-    assert any("trained from" in line and DEFAULT_WEIGHTS in line for line in lines)
+    assert any("pools" in line and DEFAULT_WEIGHTS in line for line in lines)
 
 
 def test_weights_of_an_unknown_name_fail_listing_the_valid_ones():

@@ -249,12 +249,12 @@ def test_a_retrieval_head_refuses_hypercolumn_weights_it_was_not_trained_on():
     from locseg.train.retrieval import load_retrieval_model
 
     v3, v8 = "synthseasons-slim-dmcgn-v3", "synthseasons-slim-dmcgn-v8"
-    refused = "'synthseasons-slim-vlad-v5' pool the hypercolumns of other backbone weights"
+    refused = f"'synthseasons-slim-vlad-v5' pool the hypercolumns of {v8}, not of {v3}"
     with pytest.raises(InputError, match=refused):
         Models.load(LocalizeConfig(weights=v3, retrieval_weights="synthseasons-slim-vlad-v5"), device="cpu")
     with pytest.raises(InputError, match=refused):
         load_retrieval_model("synthseasons-slim-vlad-v5", v3)
-    with pytest.raises(InputError, match="'synthseasons-slim-vlad-v4' pool the hypercolumns"):
+    with pytest.raises(InputError, match=f"'synthseasons-slim-vlad-v4' pool the hypercolumns of {v3}, not of {v8}"):
         load_retrieval_model("synthseasons-slim-vlad-v4", v8)
     assert load_retrieval_model("synthseasons-slim-vlad-v5", v8).source == "hypercolumns"
 

@@ -396,3 +396,16 @@ def test_a_summary_of_a_torch_file_or_of_weights_without_a_record(tmp_path):
         "torch", 4, {}, None, [])
     unknown = save_safetensors(tiny_state(), tmp_path / "other.safetensors", metadata={"init_digest": "ab" * 32})
     assert summarize_weights(unknown).init == "ab" * 32   # a digest no bundled file has stays a digest
+
+
+@pytest.mark.parametrize("sources, folders", [
+    ({"streets": ["/s/0", "/s/1"], "images": 90}, ["/s/0", "/s/1"]),                       # train-retrieval
+    ({"datasets": ["/s/0"], "pairs": 40, "correspondences": ["/s/0/correspondences", "/s/6/correspondences"]},
+     ["/s/0", "/s/0/correspondences", "/s/6/correspondences"]),                             # train-seg
+], ids=["retrieval", "segmentation"])
+def test_a_summary_lists_what_each_trainer_records_as_its_data(tmp_path, sources, folders):
+    path = save_safetensors(tiny_state(), tmp_path / "w.safetensors", metadata={
+        "sources": json.dumps(sources), "model": json.dumps({"classes": 19}), "classes": json.dumps(["road"])})
+    summary = summarize_weights(path)
+    assert summary.trained_on == folders
+    assert (summary.metadata["model"], summary.metadata["classes"]) == ({"classes": 19}, ["road"])

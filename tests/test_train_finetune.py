@@ -15,7 +15,7 @@ from locseg_cli.train import finetune
 
 from locseg.errors import InputError
 from locseg.models.weights import read_safetensors_metadata
-from locseg.train.augment import AugmentConfig
+from locseg.train.augment import AugmentConfig, augment_pair
 from locseg.train.checkpoint import load_checkpoint
 from locseg.train.finetune import (
     FinetuneConfig,
@@ -69,10 +69,27 @@ def test_condition_weights_draw_each_condition_in_proportion(small_street):
     expected = {c: conditions.count(c) * {"night-rain": 3.0, "sun": 0.0}.get(c, 1.0) for c in set(conditions)}
     total = sum(expected.values())
     generator = torch.Generator().manual_seed(0)
-    drawn = [pairs.condition(draw_pair(ids, weights, generator)) for _ in range(20000)]
+    condition_of = dict(zip(ids, conditions))
+    drawn = [condition_of[draw_pair(ids, weights, generator)] for _ in range(20000)]
     for condition, weight in expected.items():
         assert drawn.count(condition) / len(drawn) == pytest.approx(weight / total, abs=0.015), condition
     assert "sun" not in drawn
+
+
+def test_a_run_trains_on_the_pairs_its_condition_weights_draw(small_street, tmp_path, monkeypatch):
+    """Every condition but night weighted 0: every step of the run trains on a night pair."""
+    from locseg.train import finetune
+
+    trained_on = []
+
+    def spy(sample, config, generator):
+        trained_on.append(sample.condition)
+        return augment_pair(sample, config, generator)
+    monkeypatch.setattr(finetune, "augment_pair", spy)
+    pairs = CorrespondencePairs(small_street / "correspondences", small_street / "images")
+    weights = {pairs.condition(i): 0.0 for i in range(len(pairs))} | {"night": 1.0}
+    _run(small_street, tmp_path / "night.pt", dataclasses.replace(FAST, validate_every=0, condition_weights=weights))
+    assert trained_on == ["night"] * FAST.iterations
 
 
 def test_without_condition_weights_pairs_are_drawn_as_before(small_street):
@@ -94,7 +111,7 @@ def test_bad_condition_weights_are_refused(small_street):
         pair_weights(pairs, ids, dict.fromkeys({pairs.condition(i) for i in ids}, 0.0))
     with pytest.raises(InputError, match="condition weight of 'night' must be a finite number >= 0, got -1.0"):
         dataclasses.replace(FAST, condition_weights={"night": -1})
-    with pytest.raises(InputError, match="name a condition twice"):
+    with pytest.raises(InputError, match="name 'night' twice"):
         dataclasses.replace(FAST, condition_weights=(("night", 2), ("night", 3)))
 
 

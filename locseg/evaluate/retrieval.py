@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.poses import read_poses
+from ..io.queries import condition_of
 from ..models.netvlad import SINGLE_SCALE, PCAWhitening, recall_at, top_k
 from ..train.retrieval import RetrievalModel, describe, same_place
 
@@ -47,7 +48,7 @@ def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 
     positives = [set(np.flatnonzero(same_place(centres, forward, queries[n].center.double().numpy(),
                                                queries[n].R[2].double().numpy(), radius, angle)).tolist())
                  for n in query_names]
-    conditions = [n.split("/", 1)[0] for n in query_names]
+    conditions = [condition_of(n) for n in query_names]
     result = {"all": recall_at(ranked.numpy(), positives, ks)}
     for condition in sorted(set(conditions)):
         rows = [i for i, c in enumerate(conditions) if c == condition]

@@ -8,6 +8,10 @@ that is ``name MODEL WIDTH HEIGHT params...``, the parameters in COLMAP's order 
 the model (see ``locseg.geometry.camera.MODELS``). Blank lines and lines starting
 with ``#`` are skipped. Names are image paths relative to the image root.
 
+The condition of an image is the first component of its name (``night-rain`` for
+``night-rain/cam1/000003.png``), as SynthSeasons and the Cross-Season datasets lay
+them out: ``condition_of``.
+
 The reader checks the whole file before returning anything, so a command refuses a
 bad list before it starts working on the first query.
 """
@@ -23,6 +27,11 @@ from locseg.geometry import MODELS, Camera
 from ._common import atomic_write_text, check_name, iter_records, parse_floats
 
 FIELDS = "name MODEL WIDTH HEIGHT params..."
+
+
+def condition_of(name: str) -> str:
+    """The condition of the image ``name`` (a path relative to the image root): its first component."""
+    return name.split("/", 1)[0]
 
 
 def read_query_list(path: str | Path) -> list[tuple[str, Camera]]:

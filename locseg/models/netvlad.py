@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import InputError, check_shape
 from .hypercolumn import l2_normalize
+from .weights_info import bundled_name_of
 
 RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
 """Local maps that NetVLAD may pool: the backbone's conv5_3, or the dense hypercolumns."""
@@ -74,11 +75,19 @@ def pooled_normalization(metadata: Mapping[str, str]) -> str | None:
     return metadata.get("hypercolumn_norm", LEGACY_HEAD_NORMALIZATION)
 
 
-def pooled_weights_error(head: str) -> InputError:
-    """The error for a ``hypercolumns`` head asked to pool other hypercolumns than its own."""
-    return InputError(f"retrieval weights {head!r} pool the hypercolumns of other backbone weights than the "
-                      "hypercolumn weights given; give those, or train a head on these "
-                      "(locseg train-retrieval --source hypercolumns --init ...)")
+def pooled_weights_error(head: str, pooled_digest: str | None = None, given_digest: str | None = None) -> InputError:
+    """The error for a ``hypercolumns`` head asked to pool other hypercolumns than its own,
+    naming both weights (by bundled name where a digest is a bundled file's) when known."""
+    pooled = f" pool the hypercolumns of {_weights_by_digest(pooled_digest)}" if pooled_digest else \
+        " pool the hypercolumns of other backbone weights"
+    given = f"not of {_weights_by_digest(given_digest)}" if given_digest else "not of the hypercolumn weights given"
+    return InputError(f"retrieval weights {head!r}{pooled}, {given}; give those, or train a head on these "
+                      "(locseg train-retrieval --source hypercolumns --freeze-backbone --init ...)")
+
+
+def _weights_by_digest(digest: str) -> str:
+    """A bundled name for the weights with sha256 ``digest``, else the digest's first digits."""
+    return bundled_name_of(digest) or f"the weights with sha256 {digest[:12]}…"
 
 
 def check_pooled_weights(head: str, metadata: Mapping[str, str], hypercolumn_digest: str | None) -> None:
@@ -91,7 +100,7 @@ def check_pooled_weights(head: str, metadata: Mapping[str, str], hypercolumn_dig
     trained_on = metadata.get("init_digest")
     if pooled_normalization(metadata) is not None and trained_on and hypercolumn_digest \
             and trained_on != hypercolumn_digest:
-        raise pooled_weights_error(head)
+        raise pooled_weights_error(head, trained_on, hypercolumn_digest)
 
 
 class NetVLAD(nn.Module):

@@ -27,7 +27,7 @@ from .weights import (
     sniff_format,
 )
 
-JSON_KEYS = ("recipe", "sources", "layers")   # metadata values stored as JSON text
+JSON_KEYS = ("recipe", "sources", "layers", "model", "classes")   # metadata values stored as JSON text
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,15 @@ class WeightsSummary:
     def trained_on(self) -> list[str]:
         """The folders the weights were trained on, as their run recorded them: the
         correspondence folders of ``finetune-features``, the streets of ``train-retrieval``,
-        the datasets of ``train-seg``; empty for weights exported without the record."""
+        the datasets and correspondence folders of ``train-seg``; empty for weights
+        exported without the record."""
         sources = self.metadata.get("sources")
         if not isinstance(sources, dict):
             return []
         folders = [pair[0] for pair in sources.get("folders", [])]
-        return folders + list(sources.get("streets", [])) + list(sources.get("datasets", []))
+        for key in ("streets", "datasets", "correspondences"):
+            folders += sources.get(key, [])
+        return list(dict.fromkeys(folders))
 
     def to_dict(self) -> dict:
         """JSON-ready: every attribute, with ``init`` resolved."""

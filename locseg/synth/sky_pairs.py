@@ -50,6 +50,7 @@ from ..io.correspondences import (
     read_correspondences,
     write_correspondences,
 )
+from ..io.queries import condition_of
 from ..models.segmentation import CLASSES
 from .generate import Progress, SynthConfig, plan_street, street_rays
 from .raycast import CameraRays, lift
@@ -186,7 +187,7 @@ def sky_pair_precision(street_dir: str | Path) -> dict[str, tuple[int, int]]:
         labels = read_label_png(root / "labels" / pair.image_j)
         cols = np.clip(sky[:, 0].astype(int), 0, labels.shape[1] - 1)
         rows = np.clip(sky[:, 1].astype(int), 0, labels.shape[0] - 1)
-        count = counts.setdefault(pair.image_j.split("/", 1)[0], [0, 0])
+        count = counts.setdefault(condition_of(pair.image_j), [0, 0])
         count[0] += int((labels[rows, cols] == SKY).sum())
         count[1] += len(cols)
     return {condition: (hit, total) for condition, (hit, total) in counts.items()}

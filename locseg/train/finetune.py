@@ -100,8 +100,9 @@ class FinetuneConfig:
         weights = tuple((str(name), float(weight)) for name, weight in (
             given.items() if isinstance(given, Mapping) else given))
         names = [name for name, _ in weights]
-        if len(set(names)) != len(names):
-            raise InputError(f"condition_weights name a condition twice: {names}")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise InputError(f"condition_weights name {twice[0]!r} twice; give each condition one weight")
         bad = [(name, weight) for name, weight in weights if not (math.isfinite(weight) and weight >= 0)]
         if bad:
             raise InputError(f"condition weight of {bad[0][0]!r} must be a finite number >= 0, got {bad[0][1]}")

@@ -23,18 +23,13 @@ from ..io.correspondences import (
     read_correspondences,
     read_image_paths,
 )
+from ..io.queries import condition_of
 from ..models.preprocess import (
     DEFAULT_MAX_SIDE,
     load_image,
     normalize_image,
     resize_image,
 )
-
-
-def condition_of(name: str) -> str:
-    """The condition an image belongs to: the first component of its path below the image
-    root (``night-rain`` for ``night-rain/cam1/000003.png``, as SynthSeasons lays them out)."""
-    return name.split("/", 1)[0]
 
 
 @dataclass

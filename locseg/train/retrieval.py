@@ -41,6 +41,7 @@ from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError, RegistryError
 from ..geometry import Pose
 from ..io.poses import read_poses
+from ..io.queries import condition_of
 from ..models.backbone import build_backbone
 from ..models.hypercolumn import DEFAULT_LAYERS, DEFAULT_NORMALIZATION, Hypercolumns
 from ..models.load import backbone_state, weights_digest
@@ -173,7 +174,7 @@ class PlaceImages:
             for name, pose in poses.items():
                 paths.append(root / "images" / name)
                 street.append(index)
-                condition.append(name.split("/", 1)[0])
+                condition.append(condition_of(name))
                 centres.append(pose.center.double().numpy())
                 forward.append(pose.R[2].double().numpy())
         return PlaceImages(paths, np.array(street), np.array(condition), np.stack(centres), np.stack(forward))
@@ -301,7 +302,8 @@ def load_retrieval_model(weights: str, hypercolumn_weights: str | None = None,
     A ``hypercolumns`` head exported without its (frozen) backbone pools the
     hypercolumns of ``hypercolumn_weights``, which must then be given, normalised as the
     head was trained (its metadata, ``pooled_normalization``) unless ``normalization``
-    overrides it, e.g. to measure a head on maps it was not trained on.
+    overrides it, e.g. to measure a head on maps it was not trained on. Other hypercolumn
+    weights than those the head was trained to pool are refused (``check_pooled_weights``).
     """
     state = load_state_dict(weights)
     path = resolve_weights(weights)

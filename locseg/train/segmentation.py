@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from ..device import AUTO, module_device, resolve_device
 from ..errors import InputError
 from ..evaluate.segmentation import SegAccumulator, SegEvaluation, read_label_png
+from ..io.queries import condition_of
 from ..models.load import backbone_state
 from ..models.preprocess import load_image, normalize_image, resize_image
 from ..models.segmentation import (
@@ -196,7 +197,7 @@ class LabelledImage:
 
     @property
     def condition(self) -> str:
-        return self.name.split("/", 1)[0]
+        return condition_of(self.name)
 
 
 def dataset_images(root: str | Path) -> dict[str, list[LabelledImage]]:
@@ -312,7 +313,7 @@ def augment(image: torch.Tensor, labels: torch.Tensor, config: SegConfig,
 
 def orient(sample: PairSample, reference_condition: str) -> PairSample:
     """The pair with the reference-condition image first (as the Cross-Season files store it)."""
-    if sample.name_b.split("/", 1)[0] == reference_condition and sample.name_a.split("/", 1)[0] != reference_condition:
+    if condition_of(sample.name_b) == reference_condition and condition_of(sample.name_a) != reference_condition:
         return PairSample(sample.image_b, sample.image_a, sample.points_b, sample.points_a,
                           sample.name_b, sample.name_a)
     return sample
