@@ -39,6 +39,7 @@ from locseg.geometry import Camera
 from locseg.io.colmap import read_model
 from locseg.io.poses import read_poses
 from locseg.io.queries import condition_of, read_query_list
+from locseg.localize.matching import MatchingConfig
 from locseg.localize.pipeline import (
     LocalizeConfig,
     Localizer,
@@ -71,10 +72,12 @@ def main() -> None:
                         help="a head trained on the hypercolumns of --weights")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
+    parser.add_argument("--ratio", type=float, default=MatchingConfig.ratio, help="the matching's ratio test")
     args = parser.parse_args()
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
-                            retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales))
+                            retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
+                            matching=MatchingConfig(ratio=args.ratio))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

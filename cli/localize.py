@@ -69,6 +69,9 @@ def _scales(value: str) -> tuple[float, ...]:
 @hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.matching.ratio,
+              show_default=True, help="Ratio test of the matching: a match is kept when ratio² times its "
+                                      "similarity is at least the k-th best (1 keeps every match).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -89,7 +92,7 @@ def _scales(value: str) -> tuple[float, ...]:
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str,
              retrieval_scales: tuple[float, ...], backbone: str,
-             hypercolumn_norm: str, matching: str,
+             hypercolumn_norm: str, matching: str, ratio: float,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -99,7 +102,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
                             retrieval_scales=retrieval_scales, backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                            matching=MatchingConfig(method=matching),
+                            matching=MatchingConfig(method=matching, ratio=ratio),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),
@@ -135,7 +138,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                                                progress=progress)
             reference_map = ReferenceMap.from_reconstruction(model, images)
         summary = run_localize(reference_map, query_list, images, output,
-                               store or output.parent / "features.h5", log_path, config, progress, device)
+                               store or output.parent / "features.h5", log_path, config=config, progress=progress,
+                               device=device)
     log_path = log_path or output.with_suffix(".log.jsonl")
     failed = len(read_failed_queries(log_path) & {n for n, _ in query_list})
     click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "

@@ -138,6 +138,23 @@ def test_cli_localize_refuses_bad_retrieval_scales_before_any_work(tmp_path, sca
     assert not street.exists()
 
 
+def test_cli_localize_passes_its_ratio_to_the_matching(run, tmp_path, monkeypatch):
+    import locseg_cli.localize as command
+
+    seen = []
+
+    def stop(reference_map, queries, images, output, *args, config, **kwargs):
+        seen.append(config.matching)
+        raise SystemExit(0)
+    monkeypatch.setattr(command, "run_localize", stop)
+    street = run[0]
+    CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                             "--ratio", "0.97", "--matching", "dense"])
+    assert [(m.method, m.ratio) for m in seen] == [("dense", 0.97)]
+    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--ratio", "0"])
+    assert result.exit_code == 2 and "0<x<=1" in result.output
+
+
 def test_cli_localize_prints_the_recall_table(run, tmp_path):
     street = run[0]
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
