@@ -586,6 +586,13 @@ register_bundled(
     "6ef6d96bfc40b8d71d60f42c5ca6c95b725003916a21cf11b4b9c5e5979fbb85",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v9 trained a sixth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.00625 on 13 SynthSeasons train streets (0-4, "
+    "6-13; recipe and test-street precision in benchmarks/RESULTS.md)",
+    model="vgg16-slim")
+register_bundled(
+    "synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v11.safetensors",
+    "e4bd9fefae209c41547c80313a26d3bb3768fc90d8299626e28e4928cf12a45f",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v10 trained a seventh cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.003125 on 13 SynthSeasons train streets (0-4, "
     "6-13; recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
     model="vgg16-slim")
 register_bundled(
