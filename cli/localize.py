@@ -149,6 +149,10 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     if summary.unusable:
         click.secho(f"locseg: warning: {len(summary.unusable)} queries could not be used and have no result "
                     f"(first: {summary.unusable[0]}); the log says why", fg="yellow", err=True)
+    if summary.ratio_test_starved(config.matching.ratio):
+        click.secho(f"locseg: warning: the ratio test ({config.matching.ratio:g}) kept a median "
+                    f"{100 * summary.median_kept_fraction:.1f} % of the map points tried per reference; these "
+                    f"hypercolumns are sharper than it suits, try --ratio 1", fg="yellow", err=True)
     click.echo(f"results: {summary.results}  log: {log_path}")
     if ground_truth is not None:
         Console().print(evaluate_poses(read_poses(summary.results), read_poses(ground_truth)).to_table())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from locseg_cli.main import cli
@@ -39,11 +40,15 @@ def test_every_query_gets_a_pose_and_a_log_line(run):
     assert [r["name"] for r in records] == list(results)
     for r in records:
         assert {"features", "retrieval", "matching", "pnp", "total"} <= set(r["timing"])
-        assert len(r["retrieved"]) == len(r["matches"]) == len(r["inliers"]) == CONFIG.top_k
+        assert len(r["retrieved"]) == len(r["matches"]) == len(r["inliers"]) == len(r["candidates"]) == CONFIG.top_k
+        assert all(0 <= m <= c for m, c in zip(r["matches"], r["candidates"]))
         if r["success"]:
             assert r["refinement"]["reason"] and len(r["refinement"]["covariance"]) == 6
     assert summary.localized == len(queries) and summary.reused == 0
     assert summary.reference_features_computed == 24
+    kept = [m / c for r in records for m, c in zip(r["matches"], r["candidates"])]
+    assert summary.median_kept_fraction == pytest.approx(float(np.median(kept)))
+    assert not summary.ratio_test_starved(CONFIG.matching.ratio)   # the default weights suit the default ratio
 
 
 def test_day_queries_are_localized(run):
@@ -155,12 +160,33 @@ def test_cli_localize_passes_its_ratio_to_the_matching(run, tmp_path, monkeypatc
     assert result.exit_code == 2 and "0<x<=1" in result.output
 
 
+def test_cli_localize_warns_when_the_ratio_test_keeps_almost_no_match(run, tmp_path):
+    """At ratio 0.3 a match must be 11 times as similar as the block ranked fourth: cosines of
+    hypercolumns never are, so the run localizes nothing and says which option to change."""
+    street = run[0]
+    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                                      "--top-k", "1", "--no-refine", "--ratio", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "the ratio test (0.3) kept a median 0.0 %" in result.output and "--ratio 1" in result.output
+    records = [json.loads(line) for line in (tmp_path / "r.log.jsonl").read_text().splitlines()]
+    assert not any(r["success"] for r in records)
+
+
+def test_a_ratio_of_1_is_never_starved():
+    from locseg.localize.pipeline import LocalizeSummary
+
+    summary = LocalizeSummary(None, 1, 1, 0, [], 0, 0.1, median_kept_fraction=0.0)
+    assert summary.ratio_test_starved(0.9) and not summary.ratio_test_starved(1.0)
+    assert not LocalizeSummary(None, 1, 1, 0, [], 0, 0.1).ratio_test_starved(0.9)   # nothing localized now
+
+
 def test_cli_localize_prints_the_recall_table(run, tmp_path):
     street = run[0]
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
                                       "--top-k", "2", "--no-refine"])
     assert result.exit_code == 0, result.output
     assert "localized 21 queries" in result.output and "night-rain" in result.output
+    assert "ratio test" not in result.output
 
 
 @pytest.mark.slow

@@ -71,6 +71,11 @@ DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-v8"
 DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v5"
 OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
 PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-matching subspace
+# Below this median share of map points kept by the ratio test, the hypercolumns are too sharp for
+# the ratio: on the test street v8 keeps 16 % at 0.9, v10 1.6 % (localizing 39 % of queries at
+# (0.25 m, 2°), 93 % at ratio 1) and v11 none (benchmarks/RESULTS.md, "The ratio test and sharper
+# hypercolumns").
+FEW_KEPT = 0.05
 
 
 @dataclass(frozen=True)
@@ -200,14 +205,19 @@ class QueryResult:
     failure: str | None = None
     pnp_pose: Pose | None = None
     refinement: dict | None = None
+    candidates: list[int] = field(default_factory=list)   # per reference, the map points matched for
+
+    def kept_fractions(self) -> list[float]:
+        """Per retrieved reference, the share of its map points whose match passed the ratio test."""
+        return [m / c for m, c in zip(self.matches, self.candidates) if c]
 
     def record(self, config_digest: str) -> dict:
         record = {
             "name": self.name, "success": self.success, "failure": self.failure,
             "pose": _pose_list(self.pose),
             "reference": self.reference, "retrieved": self.retrieved, "matches": self.matches,
-            "inliers": self.inliers, "timing": {k: round(v, 4) for k, v in self.timing.items()},
-            "config": config_digest,
+            "inliers": self.inliers, "candidates": self.candidates,
+            "timing": {k: round(v, 4) for k, v in self.timing.items()}, "config": config_digest,
         }
         if self.pnp_pose is not None:
             record["pnp_pose"] = _pose_list(self.pnp_pose)
@@ -313,7 +323,7 @@ class Localizer:
             return QueryResult(name, self.reference.poses[fallback], False, fallback, search.retrieved,
                                search.matches, search.inliers, timing,
                                failure=f"no reference gave {self.config.pnp.min_inliers} PnP inliers "
-                                       f"(most: {max(search.inliers, default=0)})")
+                                       f"(most: {max(search.inliers, default=0)})", candidates=search.candidates)
         pose, refinement = search.best.pose, None
         if self.config.refine is not None:
             clock = time.perf_counter()
@@ -321,7 +331,8 @@ class Localizer:
             timing["refine"] = time.perf_counter() - clock
         timing["total"] = sum(timing.values())
         return QueryResult(name, pose, True, search.best.reference, search.retrieved, search.matches,
-                           search.inliers, timing, pnp_pose=search.best.pose, refinement=refinement)
+                           search.inliers, timing, pnp_pose=search.best.pose, refinement=refinement,
+                           candidates=search.candidates)
 
     def search(self, image: torch.Tensor, camera: Camera) -> Search:
         """Everything before refinement: features, retrieval, matching and PnP per reference."""
@@ -372,7 +383,8 @@ class Localizer:
             clock = time.perf_counter()
             best = _refit_over_references(best, pooled, camera, pnp)
             timing["pnp"] += time.perf_counter() - clock
-        return Search(retrieved, matches, inliers, best, dense, net_camera, timing)
+        return Search(retrieved, matches, inliers, best, dense, net_camera, timing,
+                      [len(ref.point3D_ids) for ref in sparse])
 
 
 def _refit_over_references(best: Hypothesis, pooled: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -396,6 +408,8 @@ class Search:
             no reference gave a pose.
         dense: (C, h, w) the query's dense hypercolumns; net_camera: its camera.
         timing: seconds per stage.
+        candidates: per retrieved reference, the map points (observations of 3D points) matched
+            for; ``matches`` of them passed the ratio test.
     """
 
     retrieved: list[str]
@@ -405,6 +419,7 @@ class Search:
     dense: torch.Tensor
     net_camera: Camera
     timing: dict[str, float]
+    candidates: list[int]
 
 
 def refine_hypothesis(search: Search, config: RefineConfig, max_points: int = 0) -> tuple[Pose, dict]:
@@ -439,6 +454,12 @@ class LocalizeSummary:
     unusable: list[str]          # queries whose image or camera could not be used (no result line)
     reference_features_computed: int
     median_seconds_per_query: float
+    median_kept_fraction: float | None = None   # over the references of the queries localized now
+
+    def ratio_test_starved(self, ratio: float) -> bool:
+        """True when the ratio test, below 1, kept under ``FEW_KEPT`` of the map points tried: the
+        hypercolumns are too sharp for it, and a ratio nearer 1 keeps the matches PnP needs."""
+        return ratio < 1 and self.median_kept_fraction is not None and self.median_kept_fraction < FEW_KEPT
 
 
 def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], query_root: str | Path,
@@ -473,7 +494,7 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
         computed = extract_reference_features(reference, models, store, config, progress)
         store.flush()
         localizer = Localizer(reference, models, store, config)
-        poses, seconds = {}, []
+        poses, seconds, kept = {}, [], []
         with LogWriter(log_path) as log:
             for done, (name, camera) in enumerate(queries):
                 if name in previous:
@@ -492,12 +513,14 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
                         log.write(record)
                         poses[name] = _pose_of(record)
                         seconds.append(result.timing["total"])
+                        kept.extend(result.kept_fractions())
                 if progress:
                     progress("localize", done + 1, len(queries))
     write_poses(output, poses)
     reused = sum(1 for n, _ in queries if n in previous)
     return LocalizeSummary(output, len(queries), len(queries) - reused - len(unusable), reused, unusable, computed,
-                           float(np.median(seconds)) if seconds else 0.0)
+                           float(np.median(seconds)) if seconds else 0.0,
+                           float(np.median(kept)) if kept else None)
 
 
 def _check_camera(name: str, camera: Camera, image: torch.Tensor) -> None:
