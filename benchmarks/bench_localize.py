@@ -151,7 +151,7 @@ def run(dataset: Path, store_path: Path, queries: list[tuple[str, Camera]], conf
             records.append({
                 "name": name, "retrieved": ours.retrieved,
                 "locseg": {"pose": ours.pose, "success": ours.success, "reference": ours.reference,
-                           "matches": ours.matches, "candidates": ours.candidates, "inliers": ours.inliers,
+                           "matches": ours.matches, "map_points": ours.map_points, "inliers": ours.inliers,
                            "timing": ours.timing},
                 "locseg-ransac": {"pose": ours.pnp_pose if ours.pnp_pose is not None else ours.pose,
                                   "success": ours.success, "reference": ours.reference, "matches": ours.matches,

@@ -71,8 +71,8 @@ def _scales(value: str) -> tuple[float, ...]:
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.matching.ratio,
               show_default=True, help="Ratio test of the matching: a match is kept when ratio² times its "
-                                      "similarity is at least the k-th best (1 keeps every match; the sharper "
-                                      "v10 and v11 hypercolumns localize best at 1).")
+                                      "similarity is at least the k-th best (1 keeps nearly every match; the "
+                                      "sharper v10 and v11 hypercolumns localize far better at 1 than at 0.9).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -151,8 +151,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                     f"(first: {summary.unusable[0]}); the log says why", fg="yellow", err=True)
     if summary.ratio_test_starved(config.matching.ratio):
         click.secho(f"locseg: warning: the ratio test ({config.matching.ratio:g}) kept a median "
-                    f"{100 * summary.median_kept_fraction:.1f} % of the map points tried per reference; these "
-                    f"hypercolumns are sharper than it suits, try --ratio 1", fg="yellow", err=True)
+                    f"{100 * summary.median_kept_fraction:.1f} % of the map points tried per reference; it may "
+                    f"be too strict for these hypercolumns: try --ratio 1", fg="yellow", err=True)
     click.echo(f"results: {summary.results}  log: {log_path}")
     if ground_truth is not None:
         Console().print(evaluate_poses(read_poses(summary.results), read_poses(ground_truth)).to_table())

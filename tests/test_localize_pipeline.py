@@ -15,8 +15,9 @@ from locseg.evaluate.pose import evaluate_poses
 from locseg.geometry import Camera
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
-from locseg.localize.pipeline import LocalizeConfig, localize
+from locseg.localize.pipeline import LocalizeConfig, Models, localize
 from locseg.localize.reference import ReferenceMap
+from locseg.store import FeatureStore
 
 CONFIG = LocalizeConfig()
 
@@ -33,20 +34,24 @@ def run(small_street, tmp_path_factory):
 
 
 def test_every_query_gets_a_pose_and_a_log_line(run):
-    _, _, queries, out, summary = run
+    _, reference, queries, out, summary = run
     results = read_poses(out / "results.txt")
     assert list(results) == [n for n, _ in queries]
     records = [json.loads(line) for line in (out / "results.log.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == list(results)
+    sparse_id = Models.load(CONFIG).sparse_id
+    with FeatureStore(out / "features.h5", mode="r") as store:
+        sparse = {n: store.get_sparse(sparse_id, n) for n in reference.names}
     for r in records:
         assert {"features", "retrieval", "matching", "pnp", "total"} <= set(r["timing"])
-        assert len(r["retrieved"]) == len(r["matches"]) == len(r["inliers"]) == len(r["candidates"]) == CONFIG.top_k
-        assert all(0 <= m <= c for m, c in zip(r["matches"], r["candidates"]))
+        assert len(r["retrieved"]) == len(r["matches"]) == len(r["inliers"]) == CONFIG.top_k
+        assert r["map_points"] == [len(sparse[n].point3D_ids) for n in r["retrieved"]]
+        assert all(0 <= m <= n for m, n in zip(r["matches"], r["map_points"]))
         if r["success"]:
             assert r["refinement"]["reason"] and len(r["refinement"]["covariance"]) == 6
     assert summary.localized == len(queries) and summary.reused == 0
     assert summary.reference_features_computed == 24
-    kept = [m / c for r in records for m, c in zip(r["matches"], r["candidates"])]
+    kept = [m / n for r in records for m, n in zip(r["matches"], r["map_points"])]
     assert summary.median_kept_fraction == pytest.approx(float(np.median(kept)))
     assert not summary.ratio_test_starved(CONFIG.matching.ratio)   # the default weights suit the default ratio
 
@@ -60,11 +65,12 @@ def test_day_queries_are_localized(run):
 
 
 def test_a_rerun_reuses_the_log_and_the_store(run):
-    street, reference, queries, out, _ = run
+    street, reference, queries, out, summary = run
     before = (out / "results.txt").read_bytes()
     again = localize(reference, queries, street / "images", out / "results.txt", out / "features.h5", config=CONFIG)
     assert again.reused == len(queries) and again.localized == 0 and again.reference_features_computed == 0
     assert (out / "results.txt").read_bytes() == before
+    assert again.median_kept_fraction == summary.median_kept_fraction   # read back from the log
 
 
 def test_a_query_cut_short_in_the_log_is_localized_again(run, tmp_path):

@@ -71,10 +71,10 @@ DEFAULT_WEIGHTS = "synthseasons-slim-dmcgn-v8"
 DEFAULT_RETRIEVAL_WEIGHTS = "synthseasons-slim-vlad-v5"
 OBSERVATION_CELL = 4.0   # pixels: one reference observation per cell of the 1/4 grid
 PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-matching subspace
-# Below this median share of map points kept by the ratio test, the hypercolumns are too sharp for
-# the ratio: on the test street v8 keeps 16 % at 0.9, v10 1.6 % (localizing 39 % of queries at
-# (0.25 m, 2°), 93 % at ratio 1) and v11 none (benchmarks/RESULTS.md, "The ratio test and sharper
-# hypercolumns").
+# Below this median share of map points kept by the ratio test, the ratio is likely too strict for the
+# hypercolumns. Coarse-to-fine matching at ratio 0.9, on the test street: v8 keeps 16 %, v10 1.6 %
+# (localizing 39 % of queries at (0.25 m, 2°), 93 % at ratio 1), and v11 on street 5 none
+# (benchmarks/RESULTS.md, "The ratio test and sharper hypercolumns").
 FEW_KEPT = 0.05
 
 
@@ -205,18 +205,14 @@ class QueryResult:
     failure: str | None = None
     pnp_pose: Pose | None = None
     refinement: dict | None = None
-    candidates: list[int] = field(default_factory=list)   # per reference, the map points matched for
-
-    def kept_fractions(self) -> list[float]:
-        """Per retrieved reference, the share of its map points whose match passed the ratio test."""
-        return [m / c for m, c in zip(self.matches, self.candidates) if c]
+    map_points: list[int] = field(default_factory=list)   # per reference, the map points matched for
 
     def record(self, config_digest: str) -> dict:
         record = {
             "name": self.name, "success": self.success, "failure": self.failure,
             "pose": _pose_list(self.pose),
             "reference": self.reference, "retrieved": self.retrieved, "matches": self.matches,
-            "inliers": self.inliers, "candidates": self.candidates,
+            "inliers": self.inliers, "map_points": self.map_points,
             "timing": {k: round(v, 4) for k, v in self.timing.items()}, "config": config_digest,
         }
         if self.pnp_pose is not None:
@@ -323,7 +319,7 @@ class Localizer:
             return QueryResult(name, self.reference.poses[fallback], False, fallback, search.retrieved,
                                search.matches, search.inliers, timing,
                                failure=f"no reference gave {self.config.pnp.min_inliers} PnP inliers "
-                                       f"(most: {max(search.inliers, default=0)})", candidates=search.candidates)
+                                       f"(most: {max(search.inliers, default=0)})", map_points=search.map_points)
         pose, refinement = search.best.pose, None
         if self.config.refine is not None:
             clock = time.perf_counter()
@@ -332,7 +328,7 @@ class Localizer:
         timing["total"] = sum(timing.values())
         return QueryResult(name, pose, True, search.best.reference, search.retrieved, search.matches,
                            search.inliers, timing, pnp_pose=search.best.pose, refinement=refinement,
-                           candidates=search.candidates)
+                           map_points=search.map_points)
 
     def search(self, image: torch.Tensor, camera: Camera) -> Search:
         """Everything before refinement: features, retrieval, matching and PnP per reference."""
@@ -408,7 +404,7 @@ class Search:
             no reference gave a pose.
         dense: (C, h, w) the query's dense hypercolumns; net_camera: its camera.
         timing: seconds per stage.
-        candidates: per retrieved reference, the map points (observations of 3D points) matched
+        map_points: per retrieved reference, the map points (observations of 3D points) matched
             for; ``matches`` of them passed the ratio test.
     """
 
@@ -419,7 +415,7 @@ class Search:
     dense: torch.Tensor
     net_camera: Camera
     timing: dict[str, float]
-    candidates: list[int]
+    map_points: list[int]
 
 
 def refine_hypothesis(search: Search, config: RefineConfig, max_points: int = 0) -> tuple[Pose, dict]:
@@ -454,11 +450,11 @@ class LocalizeSummary:
     unusable: list[str]          # queries whose image or camera could not be used (no result line)
     reference_features_computed: int
     median_seconds_per_query: float
-    median_kept_fraction: float | None = None   # over the references of the queries localized now
+    median_kept_fraction: float | None = None   # per reference, over the logged queries that record it
 
     def ratio_test_starved(self, ratio: float) -> bool:
-        """True when the ratio test, below 1, kept under ``FEW_KEPT`` of the map points tried: the
-        hypercolumns are too sharp for it, and a ratio nearer 1 keeps the matches PnP needs."""
+        """True when the ratio test, below 1, kept under ``FEW_KEPT`` of the map points tried: it
+        may be too strict for the hypercolumns, and a ratio nearer 1 may keep the matches PnP needs."""
         return ratio < 1 and self.median_kept_fraction is not None and self.median_kept_fraction < FEW_KEPT
 
 
@@ -499,6 +495,7 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
             for done, (name, camera) in enumerate(queries):
                 if name in previous:
                     poses[name] = _pose_of(previous[name])
+                    kept.extend(kept_fractions(previous[name]))
                 else:
                     try:
                         image = load_image(query_root / name)
@@ -513,7 +510,7 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
                         log.write(record)
                         poses[name] = _pose_of(record)
                         seconds.append(result.timing["total"])
-                        kept.extend(result.kept_fractions())
+                        kept.extend(kept_fractions(record))
                 if progress:
                     progress("localize", done + 1, len(queries))
     write_poses(output, poses)
@@ -521,6 +518,12 @@ def localize(reference: ReferenceMap, queries: Sequence[tuple[str, Camera]], que
     return LocalizeSummary(output, len(queries), len(queries) - reused - len(unusable), reused, unusable, computed,
                            float(np.median(seconds)) if seconds else 0.0,
                            float(np.median(kept)) if kept else None)
+
+
+def kept_fractions(record: dict) -> list[float]:
+    """Per retrieved reference of a log record, the share of its map points whose match passed the
+    ratio test; none for records written before the log kept ``map_points``."""
+    return [m / n for m, n in zip(record.get("matches", []), record.get("map_points", [])) if n]
 
 
 def _check_camera(name: str, camera: Camera, image: torch.Tensor) -> None:
