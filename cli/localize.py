@@ -144,8 +144,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     log_path = log_path or output.with_suffix(".log.jsonl")
     failed = len(read_failed_queries(log_path) & {n for n, _ in query_list})
     click.echo(f"localized {summary.queries} queries ({failed} failed, given their best reference's pose; "
-               f"{summary.reused} reused from the log) in {time.perf_counter() - start:.0f} s, "
-               f"median {summary.median_seconds_per_query:.2f} s per query")
+               f"{summary.reused} reused from the log) in {time.perf_counter() - start:.0f} s"
+               + (f", median {summary.median_seconds_per_query:.2f} s per query" if summary.localized else ""))
     if summary.unusable:
         click.secho(f"locseg: warning: {len(summary.unusable)} queries could not be used and have no result "
                     f"(first: {summary.unusable[0]}); the log says why", fg="yellow", err=True)

@@ -193,6 +193,9 @@ def test_cli_localize_prints_the_recall_table(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "localized 21 queries" in result.output and "night-rain" in result.output
     assert "ratio test" not in result.output
+    again = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                                     "--top-k", "2", "--no-refine"])
+    assert "21 reused from the log" in again.output and "s per query" not in again.output   # no time to quote
 
 
 @pytest.mark.slow
