@@ -44,6 +44,7 @@ from locseg.localize.pipeline import (
     LocalizeConfig,
     Localizer,
     Models,
+    default_ratio,
     extract_reference_features,
 )
 from locseg.localize.reference import ReferenceMap
@@ -72,12 +73,14 @@ def main() -> None:
                         help="a head trained on the hypercolumns of --weights")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
-    parser.add_argument("--ratio", type=float, default=MatchingConfig.ratio, help="the matching's ratio test")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="the matching's ratio test (default: the hypercolumn weights' own, default_ratio)")
     args = parser.parse_args()
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
-                            matching=MatchingConfig(ratio=args.ratio))
+                            matching=MatchingConfig(ratio=default_ratio(args.weights) if args.ratio is None
+                                                    else args.ratio))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

@@ -16,7 +16,7 @@ from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.feature_gradients import GRADIENT_OPERATORS
 from locseg.localize.matching import MATCHING_METHODS, MatchingConfig
-from locseg.localize.pipeline import LocalizeConfig
+from locseg.localize.pipeline import LocalizeConfig, default_ratio
 from locseg.localize.pipeline import localize as run_localize
 from locseg.localize.pnp import ESTIMATORS, PnPConfig
 from locseg.localize.reference import ReferenceMap
@@ -69,10 +69,11 @@ def _scales(value: str) -> tuple[float, ...]:
 @hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
-@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.matching.ratio,
-              show_default=True, help="Ratio test of the matching: a match is kept when ratio² times its "
-                                      "similarity is at least the k-th best (1 keeps nearly every match; the "
-                                      "sharper v10 and v11 hypercolumns localize far better at 1 than at 0.9).")
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=None,
+              show_default=f"{_DEFAULTS.matching.ratio:g}; 1 with the v10 and v11 hypercolumns",
+              help="Ratio test of the matching: a match is kept when ratio² times its similarity is at least "
+                   "the k-th best (1 keeps nearly every match; the sharper v10 and v11 hypercolumns localize "
+                   "far better at 1 than at 0.9).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -93,7 +94,7 @@ def _scales(value: str) -> tuple[float, ...]:
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str,
              retrieval_scales: tuple[float, ...], backbone: str,
-             hypercolumn_norm: str, matching: str, ratio: float,
+             hypercolumn_norm: str, matching: str, ratio: float | None,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -103,7 +104,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
                             retrieval_scales=retrieval_scales, backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                            matching=MatchingConfig(method=matching, ratio=ratio),
+                            matching=MatchingConfig(method=matching,
+                                                    ratio=default_ratio(weights) if ratio is None else ratio),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),

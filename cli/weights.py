@@ -36,7 +36,8 @@ def _list_bundled(as_json: bool) -> None:
     entries = [bundled_weights(name) for name in sorted(bundled_names(), key=_natural)]
     if as_json:
         click.echo(json.dumps([{"name": e.name, "model": e.model, "sha256": e.sha256, "present": e.path.is_file(),
-                                "default_for": DEFAULTS.get(e.name), "description": e.description}
+                                "default_for": DEFAULTS.get(e.name), "match_ratio": e.match_ratio,
+                                "description": e.description}
                                for e in entries]))
         return
     table = Table(title="Bundled weights (locseg weights NAME tells more)")
@@ -57,6 +58,9 @@ def _describe(summary: WeightsSummary) -> None:
             ("tensors", f"{summary.tensors}, {summary.parameters:,} parameters ({summary.format})")]
     rows += [(key, str(metadata.pop(key))) for key in ("backbone", "source", "layers", "hypercolumn_norm")
              if key in metadata]
+    ratio = bundled_weights(summary.bundled).match_ratio if summary.bundled else None
+    if ratio is not None:
+        rows.append(("ratio test", f"{ratio:g} (locseg localize's default --ratio with these hypercolumns)"))
     if summary.init:   # a head on frozen hypercolumns records the weights it pools
         rows.append(("pools" if summary.metadata.get("source") == "hypercolumns" else "trained from", summary.init))
     metadata.pop("init_digest", None)

@@ -81,6 +81,10 @@ def test_weights_lists_the_bundled_ones_and_describes_one():
     assert head["init"] == DEFAULT_WEIGHTS   # the hypercolumns it pools, found by their digest
     lines = run("weights", DEFAULT_RETRIEVAL_WEIGHTS).output.splitlines()
     assert any("pools" in line and DEFAULT_WEIGHTS in line for line in lines)
+    assert {e["name"]: e["match_ratio"] for e in entries}["synthseasons-slim-dmcgn-v11"] == 1.0
+    assert any("ratio test" in line and "1 " in line for line in run("weights", "synthseasons-slim-dmcgn-v11").output
+               .splitlines())
+    assert "ratio test" not in run("weights", DEFAULT_WEIGHTS).output
 
 
 def test_weights_of_an_unknown_name_fail_listing_the_valid_ones():

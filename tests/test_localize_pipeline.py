@@ -162,6 +162,10 @@ def test_cli_localize_passes_its_ratio_to_the_matching(run, tmp_path, monkeypatc
     CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
                              "--ratio", "0.97", "--matching", "dense"])
     assert [(m.method, m.ratio) for m in seen] == [("dense", 0.97)]
+    for weights, ratio in (("synthseasons-slim-dmcgn-v11", 1.0), ("synthseasons-slim-dmcgn-v8", 0.9)):
+        CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                                 "--weights", weights])   # no --ratio: the weights' own
+        assert seen[-1].ratio == ratio
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--ratio", "0"])
     assert result.exit_code == 2 and "0<x<=1" in result.output
 
@@ -176,6 +180,17 @@ def test_cli_localize_warns_when_the_ratio_test_keeps_almost_no_match(run, tmp_p
     assert "the ratio test (0.3) kept a median 0.0 %" in result.output and "--ratio 1" in result.output
     records = [json.loads(line) for line in (tmp_path / "r.log.jsonl").read_text().splitlines()]
     assert not any(r["success"] for r in records)
+
+
+def test_the_ratio_test_follows_the_hypercolumn_weights():
+    """v10 and v11 record street 5's choice of ratio (1); every other set, and a file by path, gets
+    the matching's default, as do the defaults (v8)."""
+    from locseg.localize.matching import MatchingConfig
+    from locseg.localize.pipeline import DEFAULT_WEIGHTS, default_ratio
+
+    assert default_ratio("synthseasons-slim-dmcgn-v10") == default_ratio("synthseasons-slim-dmcgn-v11") == 1.0
+    for weights in (DEFAULT_WEIGHTS, "synthseasons-slim-dmcgn-v9", "outputs/runs/some.safetensors"):
+        assert default_ratio(weights) == MatchingConfig.ratio == 0.9
 
 
 def test_a_ratio_of_1_is_never_starved():

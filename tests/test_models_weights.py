@@ -110,6 +110,10 @@ def test_register_refuses_bad_entries():
     with pytest.raises(InputError, match="already registered"):
         register_bundled("x", "y.safetensors", "b" * 64, "")
     assert register_bundled("x", "y.safetensors", "B" * 64, "", replace=True).sha256 == "b" * 64
+    for ratio in (0, 1.5):
+        with pytest.raises(InputError, match=f"match_ratio must be in \\(0, 1\\], got {ratio}"):
+            register_bundled("y", "y.safetensors", "c" * 64, "", match_ratio=ratio)
+
 
 
 def test_default_directories(monkeypatch, tmp_path):

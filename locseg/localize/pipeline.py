@@ -53,6 +53,7 @@ from ..models.hypercolumn import (
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.netvlad import SINGLE_SCALE, check_scales, pool_scales
 from ..models.preprocess import load_image, prepare_image, resize_image
+from ..models.weights import bundled_names, bundled_weights
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
 from .pnp import PnPConfig, estimate_pose, refit_pose
@@ -76,6 +77,15 @@ PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-ma
 # (localizing 39 % of queries at (0.25 m, 2°), 93 % at ratio 1), and v11 on street 5 none
 # (benchmarks/RESULTS.md, "The ratio test and sharper hypercolumns").
 FEW_KEPT = 0.05
+
+
+def default_ratio(weights: str) -> float:
+    """The ratio test that suits hypercolumn ``weights``: a bundled entry's ``match_ratio``
+    (chosen on a validation street; 1 for v10 and v11), else ``MatchingConfig``'s default. The
+    CLI and benchmarks use it when no ratio is given; a ``LocalizeConfig`` built in code keeps the
+    ratio its ``MatchingConfig`` says."""
+    entry = bundled_weights(weights) if weights in bundled_names() else None
+    return entry.match_ratio if entry is not None and entry.match_ratio is not None else MatchingConfig.ratio
 
 
 @dataclass(frozen=True)

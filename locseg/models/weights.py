@@ -67,6 +67,8 @@ class BundledWeights:
         sha256: lowercase hexadecimal digest of that file.
         description: one line for ``--help`` and listings (recipe, training data).
         model: the model the weights belong to (e.g. ``"vgg16-slim"``).
+        match_ratio: hypercolumns only: the ratio test that suits them in the localizer's
+            matching, chosen on a validation street; None for the matching's default.
     """
 
     name: str
@@ -74,6 +76,7 @@ class BundledWeights:
     sha256: str
     description: str
     model: str = ""
+    match_ratio: float | None = None
 
     @property
     def path(self) -> Path:
@@ -98,14 +101,15 @@ def register_bundled(
     description: str,
     model: str = "",
     *,
+    match_ratio: float | None = None,
     replace: bool = False,
 ) -> BundledWeights:
     """Add a bundled weight file to the registry and return its entry.
 
     Raises:
         InputError: ``name`` is empty or already registered (unless ``replace``),
-            ``filename`` is not a relative ``.safetensors`` path, or ``sha256``
-            is not 64 hexadecimal digits.
+            ``filename`` is not a relative ``.safetensors`` path, ``sha256``
+            is not 64 hexadecimal digits, or ``match_ratio`` is outside (0, 1].
     """
     if not name or "/" in name or "\\" in name or "://" in name:
         raise InputError(f"bundled weights name {name!r} must be non-empty, without '/' or '\\'")
@@ -117,7 +121,9 @@ def register_bundled(
             f"bundled weights {name!r}: filename {filename!r} must be a relative path "
             "inside the assets directory ending in .safetensors"
         )
-    entry = BundledWeights(name, relative.as_posix(), _check_digest(sha256), description, model)
+    if match_ratio is not None and not 0 < match_ratio <= 1:
+        raise InputError(f"bundled weights {name!r}: match_ratio must be in (0, 1], got {match_ratio}")
+    entry = BundledWeights(name, relative.as_posix(), _check_digest(sha256), description, model, match_ratio)
     _BUNDLED[name] = entry
     return entry
 
@@ -587,14 +593,14 @@ register_bundled(
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v9 trained a sixth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.00625 on 13 SynthSeasons train streets (0-4, "
     "6-13; recipe and test-street precision in benchmarks/RESULTS.md)",
-    model="vgg16-slim")
+    model="vgg16-slim", match_ratio=1.0)   # street 5's choice of 0.9 / 0.95 / 1 (RESULTS, the ratio test)
 register_bundled(
     "synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v11.safetensors",
     "e4bd9fefae209c41547c80313a26d3bb3768fc90d8299626e28e4928cf12a45f",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v10 trained a seventh cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.003125 on 13 SynthSeasons train streets (0-4, "
     "6-13; recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
-    model="vgg16-slim")
+    model="vgg16-slim", match_ratio=1.0)   # street 5 chose 1 with both heads trained on v11
 register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
     "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
