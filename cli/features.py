@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from locseg.evaluate.figures import FIGURE_POINTS, matching_figures
 from locseg.evaluate.matching import matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
@@ -34,10 +35,14 @@ from .progress import stage_progress
 @click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Correspondences checked per image pair.")
+@click.option("--figures", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Also draw the first pair of each condition into DIR/<condition>.png: {FIGURE_POINTS} true "
+                   "points and where their hypercolumns match, green within 4 px, red beyond.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      hypercolumn_norm: str, max_side: int, points: int, as_json: bool, device: torch.device) -> None:
+                      hypercolumn_norm: str, max_side: int, points: int, figures: Path | None, as_json: bool,
+                      device: torch.device) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
     with stage_progress() as progress:
@@ -45,6 +50,8 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
         pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)
         result["matching_precision"] = matching_precision(model, pairs, max_points=points,
                                                           progress=progress).percent()
+        if figures is not None:
+            result["figures"] = [str(path) for path in matching_figures(model, pairs, figures, progress=progress)]
         if retrieval_weights:
             retrieval = load_retrieval_model(retrieval_weights, weights, backbone).to(device)
             recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
@@ -59,6 +66,8 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
     for condition, value in result["matching_precision"].items():
         table.add_row(condition, f"{value:.1f}")
     console.print(table)
+    if "figures" in result:
+        console.print(f"figures: {len(result['figures'])} in {figures}")
     if "retrieval_recall" in result:
         table = Table(title="Retrieval recall (%), a reference within 5 m and 30°")
         for column in ("condition", "@1", "@5", "@10"):

@@ -97,3 +97,42 @@ def test_evaluate_features_command(tmp_path):
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
     assert set(result["matching_precision"]) == {"all", "night"} and "retrieval_recall" not in result
+
+
+def test_evaluate_features_draws_a_figure_per_condition(tmp_path):
+    """A shifted copy matches almost everywhere (see above), so its figure is mostly green."""
+    import json
+
+    from click.testing import CliRunner
+    from locseg_cli.main import cli
+
+    from locseg.evaluate.figures import BAND, CORRECT, WRONG
+
+    _pair_directory(tmp_path, shift=(32, 16))
+    out = CliRunner().invoke(cli, ["evaluate-features", "--dataset", str(tmp_path), "--json", "--points", "50",
+                                   "--figures", str(tmp_path / "figures")])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["figures"] == [str(tmp_path / "figures" / "night.png")]
+    figure = np.asarray(Image.open(tmp_path / "figures" / "night.png"))
+    assert figure.shape == (192 + BAND, 256 + 256, 3)
+    green, red = ((figure == colour).all(axis=2).sum() for colour in (CORRECT, WRONG))
+    assert green > 500 and red < green / 10
+
+
+def test_a_figure_draws_a_hit_green_and_a_miss_red_with_a_ring_at_its_true_point():
+    from locseg.evaluate.figures import BAND, CORRECT, WRONG, match_figure
+    from locseg.models.preprocess import normalize_image
+    from locseg.train.pairs import PairSample
+
+    grey = normalize_image(torch.full((3, 100, 120), 0.5))
+    points_a = torch.tensor([[20.5, 20.5], [20.5, 80.5]])
+    true_b = torch.tensor([[60.5, 20.5], [60.5, 80.5]])
+    found_b = torch.tensor([[62.5, 20.5], [20.5, 40.5]])   # 2 px off: a hit; 56.6 px off: a miss
+    figure = np.asarray(match_figure(PairSample(grey, grey, points_a, true_b, "reference/a.png", "night/b.png"),
+                                     points_a, found_b, true_b, threshold=4.0))
+    assert figure.shape == (100 + BAND, 240, 3)
+    assert tuple(figure[BAND + 20, 80]) == CORRECT                       # on the hit's line, y = 20
+    x, y = (20 + 120 + 20) // 2, BAND + (80 + 40) // 2                   # the miss's line, at its middle
+    assert tuple(figure[y, x]) == WRONG
+    assert tuple(figure[BAND + 80, 120 + 60 + 3]) == WRONG                # its ring, 3 px right of the true point
+    assert tuple(figure[BAND + 20, 120 + 60 + 3]) != WRONG                # no ring for the hit
