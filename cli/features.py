@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from locseg.evaluate.figures import FIGURE_POINTS, matching_figures
-from locseg.evaluate.matching import matching_precision
+from locseg.evaluate.matching import THRESHOLD, matching_precision
 from locseg.evaluate.retrieval import retrieval_recall
 from locseg.models.backbone import BACKBONES
 from locseg.models.load import load_hypercolumns
@@ -37,7 +37,7 @@ from .progress import stage_progress
               help="Correspondences checked per image pair.")
 @click.option("--figures", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Also draw the first pair of each condition into DIR/<condition>.png: {FIGURE_POINTS} true "
-                   "points and where their hypercolumns match, green within 4 px, red beyond.")
+                   f"points and where their hypercolumns match, green within {THRESHOLD:g} px, red beyond.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,

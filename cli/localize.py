@@ -70,7 +70,7 @@ def _scales(value: str) -> tuple[float, ...]:
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=None,
-              show_default=f"{_DEFAULTS.matching.ratio:g}; 1 with the v10 and v11 hypercolumns",
+              show_default=f"{_DEFAULTS.matching.ratio:g}; 1 with the v10 and v11 hypercolumns, coarse to fine",
               help="Ratio test of the matching: a match is kept when ratio² times its similarity is at least "
                    "the k-th best (1 keeps nearly every match; the sharper v10 and v11 hypercolumns localize "
                    "far better at 1 than at 0.9).")
@@ -104,8 +104,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
                             retrieval_scales=retrieval_scales, backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                            matching=MatchingConfig(method=matching,
-                                                    ratio=default_ratio(weights) if ratio is None else ratio),
+                            matching=MatchingConfig(method=matching, ratio=default_ratio(weights, matching)
+                                                    if ratio is None else ratio),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),

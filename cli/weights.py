@@ -58,9 +58,9 @@ def _describe(summary: WeightsSummary) -> None:
             ("tensors", f"{summary.tensors}, {summary.parameters:,} parameters ({summary.format})")]
     rows += [(key, str(metadata.pop(key))) for key in ("backbone", "source", "layers", "hypercolumn_norm")
              if key in metadata]
-    ratio = bundled_weights(summary.bundled).match_ratio if summary.bundled else None
-    if ratio is not None:
-        rows.append(("ratio test", f"{ratio:g} (locseg localize's default --ratio with these hypercolumns)"))
+    if summary.match_ratio is not None:
+        note = "locseg localize's default --ratio with these hypercolumns, coarse to fine"
+        rows.append(("ratio test", f"{summary.match_ratio:g} ({note})"))
     if summary.init:   # a head on frozen hypercolumns records the weights it pools
         rows.append(("pools" if summary.metadata.get("source") == "hypercolumns" else "trained from", summary.init))
     metadata.pop("init_digest", None)

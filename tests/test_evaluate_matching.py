@@ -109,6 +109,8 @@ def test_evaluate_features_draws_a_figure_per_condition(tmp_path):
     from locseg.evaluate.figures import BAND, CORRECT, WRONG
 
     _pair_directory(tmp_path, shift=(32, 16))
+    empty = CorrespondencePair("reference/a.png", "night/b.png", np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+    write_correspondences(tmp_path / "correspondences" / "0-empty.mat", empty)   # the night's first pair: skipped
     out = CliRunner().invoke(cli, ["evaluate-features", "--dataset", str(tmp_path), "--json", "--points", "50",
                                    "--figures", str(tmp_path / "figures")])
     assert out.exit_code == 0, out.output
@@ -125,13 +127,14 @@ def test_a_figure_draws_a_hit_green_and_a_miss_red_with_a_ring_at_its_true_point
     from locseg.train.pairs import PairSample
 
     grey = normalize_image(torch.full((3, 100, 120), 0.5))
-    points_a = torch.tensor([[20.5, 20.5], [20.5, 80.5]])
+    points_a = torch.tensor([[20.2, 20.9], [20.5, 80.5]])   # COLMAP: inside pixel (20, 20), and pixel (20, 80)
     true_b = torch.tensor([[60.5, 20.5], [60.5, 80.5]])
     found_b = torch.tensor([[62.5, 20.5], [20.5, 40.5]])   # 2 px off: a hit; 56.6 px off: a miss
     figure = np.asarray(match_figure(PairSample(grey, grey, points_a, true_b, "reference/a.png", "night/b.png"),
                                      points_a, found_b, true_b, threshold=4.0))
     assert figure.shape == (100 + BAND, 240, 3)
     assert tuple(figure[BAND + 20, 80]) == CORRECT                       # on the hit's line, y = 20
+    assert tuple(figure[BAND + 20, 20]) == CORRECT and tuple(figure[BAND + 20, 19]) != CORRECT   # starts at x = 20
     x, y = (20 + 120 + 20) // 2, BAND + (80 + 40) // 2                   # the miss's line, at its middle
     assert tuple(figure[y, x]) == WRONG
     assert tuple(figure[BAND + 80, 120 + 60 + 3]) == WRONG                # its ring, 3 px right of the true point

@@ -182,14 +182,21 @@ def test_cli_localize_warns_when_the_ratio_test_keeps_almost_no_match(run, tmp_p
     assert not any(r["success"] for r in records)
 
 
-def test_the_ratio_test_follows_the_hypercolumn_weights():
-    """v10 and v11 record street 5's choice of ratio (1); every other set, and a file by path, gets
-    the matching's default, as do the defaults (v8)."""
+def test_the_ratio_test_follows_the_hypercolumn_weights(tmp_path):
+    """v10 and v11 record street 5's choice of ratio (1) for coarse-to-fine matching, found by name
+    or by the file's digest; every other set, dense matching, and an unbundled file get the
+    matching's default, as do the defaults (v8)."""
     from locseg.localize.matching import MatchingConfig
     from locseg.localize.pipeline import DEFAULT_WEIGHTS, default_ratio
+    from locseg.models.weights import bundled_weights
 
+    v11 = bundled_weights("synthseasons-slim-dmcgn-v11")
     assert default_ratio("synthseasons-slim-dmcgn-v10") == default_ratio("synthseasons-slim-dmcgn-v11") == 1.0
-    for weights in (DEFAULT_WEIGHTS, "synthseasons-slim-dmcgn-v9", "outputs/runs/some.safetensors"):
+    assert default_ratio(str(v11.path)) == 1.0
+    assert default_ratio("synthseasons-slim-dmcgn-v11", "dense") == MatchingConfig.ratio
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not bundled")
+    for weights in (DEFAULT_WEIGHTS, "synthseasons-slim-dmcgn-v9", str(other)):
         assert default_ratio(weights) == MatchingConfig.ratio == 0.9
 
 

@@ -1,12 +1,13 @@
 """Pictures of the matching-precision test: where each true point's hypercolumn lands.
 
-``match_figure`` draws one pair side by side at network-input size, image a (the
-reference condition) on the left and image b on the right. Each drawn correspondence is
+``match_figure`` draws one pair side by side at network-input size, image a on the left
+(the reference, in SynthSeasons' pairs) and image b on the right. Each drawn correspondence is
 a line from its point in a to the cell of b's dense map that its hypercolumn matches
 best: green when that match lies within the threshold of the true point (the test of
 ``locseg.evaluate.matching``), red otherwise, with a ring at the true point of each miss.
 A band above the images names the pair and its precision over the drawn points.
-``matching_figures`` draws the first pair of each condition of a dataset.
+``matching_figures`` draws, per condition of image b, the first pair that has
+correspondences.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..device import module_device
 from ..models.hypercolumn import Hypercolumns
 from ..models.preprocess import denormalize_image
 from ..train.pairs import CorrespondencePairs, PairSample
-from .matching import match_dense
+from .matching import THRESHOLD, match_points
 
 CORRECT = (40, 200, 80)
 WRONG = (230, 40, 40)
@@ -37,7 +37,7 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def match_figure(sample: PairSample, points_a: torch.Tensor, found_b: torch.Tensor, true_b: torch.Tensor,
-                 threshold: float) -> Image.Image:
+                 threshold: float = THRESHOLD) -> Image.Image:
     """One pair's picture.
 
     Args:
@@ -53,11 +53,16 @@ def match_figure(sample: PairSample, points_a: torch.Tensor, found_b: torch.Tens
     canvas.paste(left, (0, BAND))
     canvas.paste(right, (left.width, BAND))
     draw = ImageDraw.Draw(canvas)
+    points_a, found_b, true_b = points_a.cpu(), found_b.cpu(), true_b.cpu()
     correct = (found_b - true_b).norm(dim=1) <= threshold
-    # COLMAP puts the first pixel's centre at (0.5, 0.5), PIL at (0, 0)
-    offset_a = torch.tensor([-0.5, BAND - 0.5], dtype=points_a.dtype)
-    offset_b = torch.tensor([left.width - 0.5, BAND - 0.5], dtype=found_b.dtype)
-    for start, end, true, ok in zip(points_a + offset_a, found_b + offset_b, true_b + offset_b, correct.tolist()):
+
+    def canvas_pixels(points: torch.Tensor, x0: int) -> torch.Tensor:
+        # COLMAP pixel i covers [i, i + 1) and PIL draws at whole pixels, so the pixel index is the floor
+        return points.floor() + torch.tensor([x0, BAND], dtype=points.dtype)
+
+    starts = canvas_pixels(points_a, 0)
+    ends, trues = canvas_pixels(found_b, left.width), canvas_pixels(true_b, left.width)
+    for start, end, true, ok in zip(starts, ends, trues, correct.tolist()):
         colour = CORRECT if ok else WRONG
         draw.line([tuple(start.tolist()), tuple(end.tolist())], fill=colour, width=1)
         if not ok:
@@ -69,28 +74,24 @@ def match_figure(sample: PairSample, points_a: torch.Tensor, found_b: torch.Tens
     return canvas
 
 
-def matching_figures(model: Hypercolumns, pairs: CorrespondencePairs, output: str | Path, threshold: float = 4.0,
-                     points: int = FIGURE_POINTS, seed: int = 0, subcell: bool = False,
+def matching_figures(model: Hypercolumns, pairs: CorrespondencePairs, output: str | Path,
+                     threshold: float = THRESHOLD, points: int = FIGURE_POINTS, seed: int = 0, subcell: bool = False,
                      progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
-    """Write ``output/<condition>.png`` for the first pair of each condition, ``points`` of its
-    correspondences drawn at random (seeded); returns the files, in condition order."""
+    """Write ``output/<condition>.png`` for the first pair of each condition that has
+    correspondences, ``points`` of them drawn at random (seeded); returns the files, in
+    condition order."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     first: dict[str, int] = {}
     for index in range(len(pairs)):
-        first.setdefault(pairs.condition(index), index)
-    generator = torch.Generator().manual_seed(seed)
-    device = module_device(model)
-    model.eval()
+        condition = pairs.condition(index)
+        if condition not in first and len(pairs.pair(index).points_i):
+            first[condition] = index
     written = []
-    for done, condition in enumerate(sorted(first), start=1):
-        sample = pairs[first[condition]]
-        keep = torch.randperm(len(sample.points_a), generator=generator)[:points]
-        moved = sample.to(device)
-        found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)], subcell).cpu()
+    conditions = sorted(first)
+    for condition, (sample, keep, found) in zip(conditions, match_points(
+            model, pairs, points, seed, [first[c] for c in conditions], progress, subcell, stage="figures")):
         path = output / f"{condition}.png"
         match_figure(sample, sample.points_a[keep], found, sample.points_b[keep], threshold).save(path)
         written.append(path)
-        if progress:
-            progress("figures", done, len(first))
     return written

@@ -23,6 +23,7 @@ from ..models.hypercolumn import STRIDE, Hypercolumns, grid_centers
 from ..train.pairs import CorrespondencePairs, PairSample
 
 ALL = "all"
+THRESHOLD = 4.0   # pixels of the network input within which a match counts as correct
 
 
 @dataclass
@@ -70,15 +71,14 @@ def match_dense(model: Hypercolumns, image_a: torch.Tensor, image_b: torch.Tenso
     return found
 
 
-def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
+def match_points(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
                  indices: Sequence[int] | None = None,
                  progress: Callable[[str, int, int], None] | None = None, subcell: bool = False,
-                 ) -> Iterator[tuple[PairSample, torch.Tensor, torch.Tensor]]:
+                 stage: str = "matching") -> Iterator[tuple[PairSample, torch.Tensor, torch.Tensor]]:
     """For each pair (all, or those of ``indices``): the pair, the (N,) indices of the
     correspondences checked (at most ``max_points``, drawn with a generator seeded by
-    ``seed``), and their (N,) pixel distances between the dense argmax match
-    (``match_dense``, with ``subcell``) and the true match. The model runs on its own device; the errors
-    come back on the CPU."""
+    ``seed``), and (N, 2) where their hypercolumns match in image b (``match_dense``, with
+    ``subcell``). The model runs on its own device; the matches come back on the CPU."""
     generator = torch.Generator().manual_seed(seed)
     indices = range(len(pairs)) if indices is None else indices
     device = module_device(model)
@@ -87,13 +87,23 @@ def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: in
         sample = pairs[index]
         keep = torch.randperm(len(sample.points_a), generator=generator)[:max_points]
         moved = sample.to(device)
-        found = match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)], subcell).cpu()
-        yield sample, keep, (found - sample.points_b[keep]).norm(dim=1)
+        yield sample, keep, match_dense(model, moved.image_a, moved.image_b, moved.points_a[keep.to(device)],
+                                        subcell).cpu()
         if progress:
-            progress("matching", done, len(indices))
+            progress(stage, done, len(indices))
 
 
-def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshold: float = 4.0,
+def match_errors(model: Hypercolumns, pairs: CorrespondencePairs, max_points: int = 1000, seed: int = 0,
+                 indices: Sequence[int] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None, subcell: bool = False,
+                 ) -> Iterator[tuple[PairSample, torch.Tensor, torch.Tensor]]:
+    """As ``match_points``, with the (N,) pixel distances between each match and the true
+    point instead of the matches."""
+    for sample, keep, found in match_points(model, pairs, max_points, seed, indices, progress, subcell):
+        yield sample, keep, (found - sample.points_b[keep]).norm(dim=1)
+
+
+def matching_precision(model: Hypercolumns, pairs: CorrespondencePairs, threshold: float = THRESHOLD,
                        max_points: int = 1000, seed: int = 0,
                        progress: Callable[[str, int, int], None] | None = None,
                        subcell: bool = False) -> MatchingPrecision:

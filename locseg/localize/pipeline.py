@@ -53,7 +53,8 @@ from ..models.hypercolumn import (
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.netvlad import SINGLE_SCALE, check_scales, pool_scales
 from ..models.preprocess import load_image, prepare_image, resize_image
-from ..models.weights import bundled_names, bundled_weights
+from ..models.weights import bundled_weights
+from ..models.weights_info import bundled_name_of
 from ..store import FeatureStore, model_id
 from .matching import MatchingConfig, fit_projection, match_sparse_to_dense
 from .pnp import PnPConfig, estimate_pose, refit_pose
@@ -79,13 +80,21 @@ PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-ma
 FEW_KEPT = 0.05
 
 
-def default_ratio(weights: str) -> float:
-    """The ratio test that suits hypercolumn ``weights``: a bundled entry's ``match_ratio``
-    (chosen on a validation street; 1 for v10 and v11), else ``MatchingConfig``'s default. The
-    CLI and benchmarks use it when no ratio is given; a ``LocalizeConfig`` built in code keeps the
-    ratio its ``MatchingConfig`` says."""
-    entry = bundled_weights(weights) if weights in bundled_names() else None
-    return entry.match_ratio if entry is not None and entry.match_ratio is not None else MatchingConfig.ratio
+def default_ratio(weights: str, method: str = MatchingConfig.method) -> float:
+    """The ratio test that suits hypercolumn ``weights`` (a name, path or URL): for coarse-to-fine
+    matching, the ``match_ratio`` of the bundled entry whose file they are, found by digest (1 for
+    v10 and v11, chosen on a validation street with that method); otherwise ``MatchingConfig``'s
+    default. The CLI and benchmarks use it when no ratio is given; a ``LocalizeConfig`` built in
+    code keeps the ratio its ``MatchingConfig`` says.
+
+    Raises:
+        LocsegError: ``weights`` cannot be resolved (``locseg.models.weights.resolve_weights``).
+    """
+    if method != "coarse-to-fine":
+        return MatchingConfig.ratio
+    name = bundled_name_of(weights_digest(weights))
+    ratio = bundled_weights(name).match_ratio if name else None
+    return MatchingConfig.ratio if ratio is None else ratio
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,16 @@ class WeightsSummary:
             folders += sources.get(key, [])
         return list(dict.fromkeys(folders))
 
+    @property
+    def match_ratio(self) -> float | None:
+        """The localizer's ratio test recorded for these bundled hypercolumns, if any."""
+        return bundled_weights(self.bundled).match_ratio if self.bundled else None
+
     def to_dict(self) -> dict:
         """JSON-ready: every attribute, with ``init`` resolved."""
         return {"path": str(self.path), "sha256": self.sha256, "format": self.format, "tensors": self.tensors,
                 "parameters": self.parameters, "bundled": self.bundled, "init": self.init, "trained_on": self.trained_on,
-                "metadata": self.metadata}
+                "match_ratio": self.match_ratio, "metadata": self.metadata}
 
 
 def bundled_name_of(sha256: str) -> str | None:
