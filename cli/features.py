@@ -60,7 +60,7 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
         click.echo(json.dumps(result))
         return
     console = Console()
-    table = Table(title="Matching precision (%), true match within 4 px")
+    table = Table(title=f"Matching precision (%), true match within {THRESHOLD:g} px")
     table.add_column("condition")
     table.add_column("precision", justify="right")
     for condition, value in result["matching_precision"].items():
