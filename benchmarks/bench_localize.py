@@ -39,7 +39,7 @@ from locseg.geometry import Camera
 from locseg.io.colmap import read_model
 from locseg.io.poses import read_poses
 from locseg.io.queries import condition_of, read_query_list
-from locseg.localize.matching import MatchingConfig
+from locseg.localize.matching import RATIO_TESTS, MatchingConfig
 from locseg.localize.pipeline import (
     LocalizeConfig,
     Localizer,
@@ -73,14 +73,19 @@ def main() -> None:
                         help="a head trained on the hypercolumns of --weights")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
+    parser.add_argument("--hypercolumn-scales", type=float, nargs="+", default=list(LocalizeConfig.hypercolumn_scales),
+                        help="multiples of the input size averaged into the maps matched and refined")
     parser.add_argument("--ratio", type=float, default=None,
                         help="the matching's ratio test (default: the hypercolumn weights' own, default_ratio)")
+    parser.add_argument("--ratio-test", choices=RATIO_TESTS, default=MatchingConfig.ratio_test,
+                        help="the ratio test's form: on similarities or on distances")
     args = parser.parse_args()
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
+                            hypercolumn_scales=tuple(args.hypercolumn_scales),
                             matching=MatchingConfig(ratio=default_ratio(args.weights) if args.ratio is None
-                                                    else args.ratio))
+                                                    else args.ratio, ratio_test=args.ratio_test))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

@@ -21,7 +21,7 @@ from locseg.train.pairs import CorrespondencePairs
 from locseg.train.retrieval import load_retrieval_model
 
 from .device import device_option
-from .hypercolumn_norm import hypercolumn_norm_option
+from .hypercolumn_norm import hypercolumn_norm_option, hypercolumn_scales_option
 from .progress import stage_progress
 
 
@@ -32,6 +32,7 @@ from .progress import stage_progress
 @click.option("--retrieval-weights", default=None, help="NetVLAD weights; retrieval is skipped if absent.")
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default="vgg16-slim", show_default=True)
 @hypercolumn_norm_option
+@hypercolumn_scales_option
 @click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Correspondences checked per image pair.")
@@ -41,15 +42,15 @@ from .progress import stage_progress
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      hypercolumn_norm: str, max_side: int, points: int, figures: Path | None, as_json: bool,
+                      hypercolumn_norm: str, hypercolumn_scales: tuple[float, ...], max_side: int, points: int, figures: Path | None, as_json: bool,
                       device: torch.device) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
     with stage_progress() as progress:
         model = load_hypercolumns(backbone, weights, normalization=hypercolumn_norm).to(device)
         pairs = CorrespondencePairs(dataset / "correspondences", dataset / "images", max_side)
-        result["matching_precision"] = matching_precision(model, pairs, max_points=points,
-                                                          progress=progress).percent()
+        result["matching_precision"] = matching_precision(model, pairs, max_points=points, progress=progress,
+                                                          scales=hypercolumn_scales).percent()
         if figures is not None:
             result["figures"] = [str(path) for path in matching_figures(model, pairs, figures, progress=progress)]
         if retrieval_weights:

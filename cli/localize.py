@@ -15,7 +15,7 @@ from locseg.io.localize_log import read_failed_queries
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.feature_gradients import GRADIENT_OPERATORS
-from locseg.localize.matching import MATCHING_METHODS, MatchingConfig
+from locseg.localize.matching import MATCHING_METHODS, RATIO_TESTS, MatchingConfig
 from locseg.localize.pipeline import LocalizeConfig, default_ratio
 from locseg.localize.pipeline import localize as run_localize
 from locseg.localize.pnp import ESTIMATORS, PnPConfig
@@ -28,19 +28,15 @@ from locseg.models.load import load_hypercolumns, weights_digest
 from locseg.synth.generate import generate
 
 from .device import device_option
-from .hypercolumn_norm import hypercolumn_norm_option
+from .hypercolumn_norm import (
+    hypercolumn_norm_option,
+    hypercolumn_scales_option,
+    parse_scales,
+)
 from .progress import stage_progress
 
 DEFAULT_DATASET = Path("outputs/synthseasons-test-0")
 _DEFAULTS = LocalizeConfig()
-
-
-def _scales(value: str) -> tuple[float, ...]:
-    """``"1,0.7071"`` → (1.0, 0.7071); the config checks that they are positive."""
-    try:
-        return tuple(float(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 1,0.7071,0.5") from None
 
 
 @click.command("localize")
@@ -62,9 +58,10 @@ def _scales(value: str) -> tuple[float, ...]:
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
 @click.option("--retrieval-scales", default=",".join(map(str, _DEFAULTS.retrieval_scales)), show_default=True,
-              callback=lambda _ctx, _param, value: _scales(value),
+              callback=lambda _ctx, _param, value: parse_scales(value),
               help="Comma-separated multiples of the input size pooled into each global descriptor, "
                    "e.g. 1,0.7071,0.5; every scale but 1 costs one more network pass per image.")
+@hypercolumn_scales_option
 @click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_DEFAULTS.backbone, show_default=True)
 @hypercolumn_norm_option
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
@@ -74,6 +71,9 @@ def _scales(value: str) -> tuple[float, ...]:
               help="Ratio test of the matching: a match is kept when ratio² times its similarity is at least "
                    "the k-th best (1 keeps nearly every match; the sharper v10 and v11 hypercolumns localize "
                    "far better at 1 than at 0.9).")
+@click.option("--ratio-test", type=click.Choice(RATIO_TESTS), default=_DEFAULTS.matching.ratio_test,
+              show_default=True,
+              help="Form of the ratio test: on the similarities, or on the distances 1 - similarity (Lowe's).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -93,8 +93,8 @@ def _scales(value: str) -> tuple[float, ...]:
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, top_k: int, weights: str, retrieval_weights: str,
-             retrieval_scales: tuple[float, ...], backbone: str,
-             hypercolumn_norm: str, matching: str, ratio: float | None,
+             retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
+             hypercolumn_norm: str, matching: str, ratio: float | None, ratio_test: str,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -102,10 +102,11 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
     config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
-                            retrieval_scales=retrieval_scales, backbone=backbone,
+                            retrieval_scales=retrieval_scales, hypercolumn_scales=hypercolumn_scales,
+                            backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
                             matching=MatchingConfig(method=matching, ratio=default_ratio(weights, matching)
-                                                    if ratio is None else ratio),
+                                                    if ratio is None else ratio, ratio_test=ratio_test),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),

@@ -51,6 +51,15 @@ def test_a_shifted_copy_is_matched_where_it_moved(model, tmp_path):
     assert precision["night"] > 90.0
 
 
+def test_a_shifted_copy_is_matched_where_it_moved_at_several_scales(model, tmp_path):
+    """Each scale's map is read at the cell centres of the image's own grid, so the maps of a
+    shifted copy still match where it moved: halved, both images' maps come from a pass at
+    half size, where the copy is shifted by (16, 8) px, and are read back on the full grid."""
+    pairs = _pair_directory(tmp_path, shift=(32, 16))
+    assert matching_precision(model, pairs, scales=(0.8, 1.0, 1.25)).percent()["night"] > 90.0
+    assert matching_precision(model, pairs, scales=(0.5,)).percent()["night"] > 90.0
+
+
 def test_subcell_peaks_find_a_point_between_cell_centres(model, tmp_path):
     """Image b moved by 18 px down: every true match lies half a cell from a cell centre
     along y. Sub-cell peaks move each match by at most half a cell per axis and bring it
@@ -97,6 +106,12 @@ def test_evaluate_features_command(tmp_path):
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
     assert set(result["matching_precision"]) == {"all", "night"} and "retrieval_recall" not in result
+    scaled = CliRunner().invoke(cli, ["evaluate-features", "--dataset", str(tmp_path), "--json", "--points", "100",
+                                      "--hypercolumn-scales", "0.5"])
+    assert scaled.exit_code == 0, scaled.output
+    assert json.loads(scaled.stdout)["matching_precision"] != result["matching_precision"]   # the option reaches it
+    bad = CliRunner().invoke(cli, ["evaluate-features", "--dataset", str(tmp_path), "--hypercolumn-scales", "1,x"])
+    assert bad.exit_code == 2 and "comma-separated" in bad.output
 
 
 def test_evaluate_features_draws_a_figure_per_condition(tmp_path):

@@ -55,6 +55,42 @@ def test_ratio_test_rejects_a_descriptor_that_matches_a_whole_region_equally():
     assert found.keep.tolist() == [False, True]
 
 
+def test_distance_ratio_test_is_lowes_test_on_euclidean_distances():
+    """The distance form keeps a match exactly when the peak cell is ``ratio`` times as close
+    (in Euclidean distance between unit vectors) as the k-th closest cell."""
+    query_map = _unit_map(16, 12, 16, seed=3)
+    descriptors = torch.nn.functional.normalize(torch.randn(400, 16, generator=torch.Generator().manual_seed(4)), dim=1)
+    config = MatchingConfig(method="dense", ratio=0.9, ratio_test="distance", factor=0.02, subcell=False)
+    k = ratio_test_rank(12, 16, config.factor)
+    distances = torch.cdist(descriptors.double(), query_map.flatten(1).T.double()).sort(dim=1).values
+    lowe = distances[:, 0] <= config.ratio * distances[:, k - 1]
+    found = match_sparse_to_dense(descriptors, query_map, config)
+    assert 0 < lowe.sum() < len(lowe)            # the test decides both ways here
+    assert torch.equal(found.keep, lowe)
+
+
+@pytest.mark.parametrize("method", ["dense", "coarse-to-fine"])
+def test_distance_ratio_test_keeps_a_distinct_peak_among_crowded_cosines(method):
+    """Cells all 5.7° from one direction (``base``), each off it another way that varies
+    smoothly over the map: every cosine is near 1, so the similarity form rejects even an
+    exact match at 0.9, while the distance form keeps it and still rejects ``base``, which is
+    equally close to every cell."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+    coarse = torch.randn(1, 32, 7, 7, generator=g)
+    offsets = torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bicubic", align_corners=False)[0]
+    offsets -= base[:, None, None] * torch.einsum("c,chw->hw", base, offsets)     # orthogonal to base
+    offsets = torch.nn.functional.normalize(offsets, dim=0)
+    query_map = torch.nn.functional.normalize(base[:, None, None] + 0.1 * offsets, dim=0)
+    descriptors = torch.stack([query_map[:, 9, 4], base])
+    forms = {form: match_sparse_to_dense(descriptors, query_map,
+                                         MatchingConfig(method=method, ratio_test=form, subcell=False))
+             for form in ("similarity", "distance")}
+    assert forms["similarity"].keep.tolist() == [False, False]
+    assert forms["distance"].keep.tolist() == [True, False]
+    assert forms["distance"].uv[0].tolist() == [4 * 4 + 2, 9 * 4 + 2]
+
+
 def test_chunking_does_not_change_the_matches():
     query_map = _unit_map(32, 12, 16, seed=1)
     descriptors = torch.nn.functional.normalize(torch.randn(50, 32), dim=1)
@@ -193,6 +229,8 @@ def test_matching_checks_shapes_and_settings():
         MatchingConfig(ratio=1.5)
     with pytest.raises(RegistryError, match="coarse-to-fine"):
         MatchingConfig(method="exhaustive")
+    with pytest.raises(RegistryError, match="distance"):
+        MatchingConfig(ratio_test="lowe")
     with pytest.raises(InputError, match="candidates"):
         MatchingConfig(candidates=0)
     with pytest.raises(ShapeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -15,6 +16,7 @@ from locseg.evaluate.pose import evaluate_poses
 from locseg.geometry import Camera
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
+from locseg.localize.matching import MatchingConfig
 from locseg.localize.pipeline import LocalizeConfig, Models, localize
 from locseg.localize.reference import ReferenceMap
 from locseg.store import FeatureStore
@@ -357,3 +359,38 @@ def test_multiscale_retrieval_pools_a_second_pass_and_keeps_its_own_store_id():
     assert LocalizeConfig(retrieval_scales=(1.0, 0.5)).digest() != LocalizeConfig().digest()
     with pytest.raises(InputError, match="retrieval scales must be positive"):
         LocalizeConfig(retrieval_scales=(1.0, 0.0))
+
+
+def test_multiscale_hypercolumns_are_matched_but_not_pooled_and_keep_their_own_store_id():
+    """Matching and refinement get the multi-scale map; retrieval keeps pooling the plain one,
+    which its heads were trained on; single-scale settings keep their store id and digest."""
+    import torch
+
+    from locseg.localize.pipeline import Models
+
+    single = Models.load(LocalizeConfig(), device="cpu")
+    multi = Models.load(LocalizeConfig(hypercolumn_scales=(0.8, 1.0, 1.25)), device="cpu")
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) - 0.5
+    dense, descriptor = single.describe(image)
+    dense_multi, descriptor_multi = multi.describe(image)
+    with torch.inference_mode():
+        expected = single.hypercolumns.dense_at_scales(image[None], (0.8, 1.0, 1.25))[0]
+    torch.testing.assert_close(dense_multi, expected)
+    assert (dense_multi - dense).abs().max() > 0.01
+    torch.testing.assert_close(descriptor_multi, descriptor)
+    assert multi.global_id == single.global_id and multi.sparse_id != single.sparse_id
+    assert "scales" not in single.sparse_id and "scales=0.8-1.0-1.25" in multi.sparse_id
+    assert LocalizeConfig(hypercolumn_scales=[1]).digest() == LocalizeConfig().digest()
+    assert LocalizeConfig(hypercolumn_scales=(0.8, 1.0, 1.25)).digest() != LocalizeConfig().digest()
+    with pytest.raises(InputError, match="hypercolumn scales must be positive"):
+        LocalizeConfig(hypercolumn_scales=())
+
+
+def test_the_ratio_tests_form_changes_the_digest_only_when_it_is_not_the_similarity_form():
+    """Logs written before ``ratio_test`` existed used the similarity form and stay reusable."""
+    similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity"))
+    distance = LocalizeConfig(matching=MatchingConfig(ratio_test="distance"))
+    before = LocalizeConfig().to_dict()              # the settings as a single-scale run hashed them before
+    del before["retrieval_scales"], before["hypercolumn_scales"], before["matching"]["ratio_test"]
+    old_digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert similarity.digest() == old_digest != distance.digest()

@@ -388,3 +388,42 @@ def test_sample_feature_map_checks_shapes():
         sample_feature_map(torch.zeros(2, 4, 5, 6), torch.zeros(2, 5, 3), 4)
     with pytest.raises(ShapeError, match="feature_map"):
         sample_feature_map(torch.zeros(4, 5, 6), torch.zeros(1, 5, 2), 4)
+
+
+# ----------------------------------------------------------------------------- scales
+def _ramp_image(height: int, width: int) -> torch.Tensor:
+    """(1, 3, H, W) whose channels are 1, u / W and v / H at each pixel centre (u, v)."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=F64) + 0.5, torch.arange(width, dtype=F64) + 0.5, indexing="ij")
+    return torch.stack([torch.ones_like(u), u / width, v / height])[None]
+
+
+@pytest.mark.parametrize("scale", [2.0, 1.25, 0.8, 0.5])
+def test_each_scale_lands_on_the_quarter_grid_of_the_image_itself(scale):
+    """Layer 0's hypercolumn is the input pixel (normalised), so on a ramp image each cell's
+    ratios of channels decode the position it was read at: at every scale, the 1/4-grid cell
+    centre of the image's own size (a half-pixel slip would show as 0.5 px)."""
+    net = Hypercolumns(build_backbone("vgg16-slim").double(), layers=(0,))
+    height, width = 48, 64
+    dense = net.dense_at_scales(_ramp_image(height, width), (scale,))[0]
+    decoded = torch.stack([dense[1] / dense[0] * width, dense[2] / dense[0] * height], dim=-1)
+    centres = grid_centers(height // 4, width // 4, dtype=F64)
+    inner = (slice(2, -2), slice(2, -2))     # off the border, where resizing and sampling clamp
+    assert dense.shape == (3, height // 4, width // 4)
+    assert (decoded - centres)[inner].abs().max() < 0.15
+
+
+def test_a_single_plain_scale_is_the_plain_map_and_several_average_unit_maps(slim, images):
+    net = Hypercolumns(slim)
+    plain = net.dense(images)
+    assert torch.equal(net.dense_at_scales(images), plain)
+    assert torch.equal(net.dense_at_scales(images, (1.0,), plain=plain), plain)
+    twice = net.dense_at_scales(images, (1.0, 1.0))
+    torch.testing.assert_close(twice, plain)
+    several = net.dense_at_scales(images, (0.8, 1.0, 1.25))
+    assert several.shape == plain.shape and several.permute(0, 2, 3, 1).is_contiguous()
+    torch.testing.assert_close(several.norm(dim=1), torch.ones_like(several[:, 0]))
+    larger = net.dense_at_scales(images, (1.25,))
+    torch.testing.assert_close(net.dense_at_scales(images, (1.0, 1.25), plain=plain),
+                               F.normalize(plain + larger, dim=1))
+    with pytest.raises(InputError, match="hypercolumn scales"):
+        net.dense_at_scales(images, (1.0, 0.0))

@@ -21,6 +21,15 @@ Two methods find it (``MATCHING_METHODS``):
   must stand above all but a few whole blocks of the map. For 5 × 2048 points on a
   128×96 map that is 0.7 G multiply-adds instead of 64 G; on a CPU, 17× less time
   (benchmarks/RESULTS.md).
+
+The ratio test has two forms (``RATIO_TESTS``), both comparing the peak ``s_1`` with the
+rival ``s_k`` above:
+
+- ``"similarity"``: ``ratio² · s_1 ≥ s_k``, on the cosines themselves.
+- ``"distance"``: ``1 − s_1 ≤ ratio² · (1 − s_k)``. For unit vectors the squared Euclidean
+  distance is ``2 − 2s``, so this is Lowe's test on distances: the peak must be ``ratio``
+  times as close as the rival. It depends on how the cosines differ, not on where they lie:
+  hypercolumns whose cosines all crowd near 1 fail the similarity form at any ratio below 1.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from ..errors import InputError, check_shape, lookup
 from ..models.hypercolumn import STRIDE
 
 MATCHING_METHODS = ("dense", "coarse-to-fine")
+RATIO_TESTS = ("similarity", "distance")
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class MatchingConfig:
     Attributes:
         method: one of ``MATCHING_METHODS``.
         ratio: of the ratio test, both methods.
+        ratio_test: the test's form, one of ``RATIO_TESTS``.
         factor: ``"dense"``: the ratio test's k is ``factor · h · w``.
         chunk: ``"dense"``: descriptors correlated at once (memory ``chunk · h · w`` floats).
         pool: ``"coarse-to-fine"``: cells per coarse block side.
@@ -55,6 +66,7 @@ class MatchingConfig:
 
     method: str = "coarse-to-fine"
     ratio: float = 0.9
+    ratio_test: str = "similarity"
     factor: float = 0.006
     chunk: int = 2048
     pool: int = 4
@@ -65,6 +77,7 @@ class MatchingConfig:
 
     def __post_init__(self) -> None:
         lookup(dict.fromkeys(MATCHING_METHODS), "matching method", self.method)
+        lookup(dict.fromkeys(RATIO_TESTS), "ratio test", self.ratio_test)
         if not 0 < self.ratio <= 1:
             raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0 < self.factor < 1:
@@ -95,6 +108,14 @@ class DenseMatches:
 def ratio_test_rank(height: int, width: int, factor: float) -> int:
     """k of the modified ratio test for an h x w map: ``int(factor · h · w)``, at least 2."""
     return min(max(2, int(factor * height * width)), height * width)
+
+
+def passes_ratio_test(best: torch.Tensor, rival: torch.Tensor, config: MatchingConfig) -> torch.Tensor:
+    """Whether peaks ``best`` (N,) stand out from their rivals ``rival`` (N,), both cosine
+    similarities, by ``config``'s ratio test (module docstring). Returns (N,) bool."""
+    if config.ratio_test == "distance":
+        return 1 - best <= config.ratio ** 2 * (1 - rival)
+    return config.ratio ** 2 * best >= rival
 
 
 def fit_projection(descriptors: torch.Tensor, dim: int) -> torch.Tensor:
@@ -176,7 +197,7 @@ def _match_dense(descriptors: torch.Tensor, query_map: torch.Tensor, config: Mat
         best, kth = top.values[:, 0], top.values[:, -1]
         scores.append(best)
         cells.append(top.indices[:, 0])
-        keeps.append(config.ratio ** 2 * best >= kth)
+        keeps.append(passes_ratio_test(best, kth, config))
     return _matches(descriptors, query_map, torch.cat(cells), torch.cat(scores), torch.cat(keeps), config)
 
 
@@ -243,7 +264,7 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
     fine[searched < 0] = -float("inf")
     best, index = fine.max(dim=1)
     cells = searched.gather(1, index[:, None])[:, 0]
-    keep = config.ratio ** 2 * best >= top.values[:, rank - 1]
+    keep = passes_ratio_test(best, top.values[:, rank - 1], config)
     return _matches(descriptors, query_map, cells, best, keep, config, (searched, fine))
 
 

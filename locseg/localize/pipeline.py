@@ -111,6 +111,7 @@ class LocalizeConfig:
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
     retrieval_scales: tuple[float, ...] = SINGLE_SCALE   # multiples of max_side pooled into a global descriptor
+    hypercolumn_scales: tuple[float, ...] = SINGLE_SCALE  # of the maps matched and refined (dense_at_scales)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     pnp: PnPConfig = field(default_factory=PnPConfig)    # max_error in network-input pixels
     refine: RefineConfig | None = field(default_factory=RefineConfig)   # None: the PnP poses as they are
@@ -118,7 +119,8 @@ class LocalizeConfig:
 
     def __post_init__(self) -> None:
         check_normalization(self.hypercolumn_norm)
-        object.__setattr__(self, "retrieval_scales", check_scales(self.retrieval_scales))
+        object.__setattr__(self, "retrieval_scales", check_scales(self.retrieval_scales, "retrieval scales"))
+        object.__setattr__(self, "hypercolumn_scales", check_scales(self.hypercolumn_scales, "hypercolumn scales"))
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
@@ -135,11 +137,16 @@ class LocalizeConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """Short hash of the settings that change a query's result. Single-scale retrieval
-        leaves it as it was before ``retrieval_scales`` existed, so older logs stay reusable."""
+        """Short hash of the settings that change a query's result. Single-scale retrieval and
+        hypercolumns and the similarity ratio test leave it as it was before ``retrieval_scales``,
+        ``hypercolumn_scales`` and ``MatchingConfig.ratio_test`` existed, so older logs stay reusable."""
         settings = self.to_dict()
         if not self.multiscale:
             del settings["retrieval_scales"]
+        if self.hypercolumn_scales == SINGLE_SCALE:
+            del settings["hypercolumn_scales"]
+        if self.matching.ratio_test == "similarity":
+            del settings["matching"]["ratio_test"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -158,6 +165,7 @@ class Models:
     sparse_id: str
     global_id: str
     retrieval_scales: tuple[float, ...] = SINGLE_SCALE
+    hypercolumn_scales: tuple[float, ...] = SINGLE_SCALE
 
     @classmethod
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> Models:
@@ -175,9 +183,10 @@ class Models:
         hypercolumns.to(device)
         describer.to(device)
         preprocessing = {"max_side": config.max_side}
+        sparse_settings = {} if config.hypercolumn_scales == SINGLE_SCALE else {"scales": config.hypercolumn_scales}
         sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
                              layers="-".join(map(str, config.layers)), norm=config.hypercolumn_norm,
-                             max_points=config.max_points,
+                             max_points=config.max_points, **sparse_settings,
                              **preprocessing)
         if describer.source == "hypercolumns":   # it pools the dense map, normalised as configured
             preprocessing["norm"] = config.hypercolumn_norm
@@ -185,12 +194,14 @@ class Models:
             preprocessing["scales"] = config.retrieval_scales
         global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
                              **preprocessing)
-        return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales)
+        return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales, config.hypercolumn_scales)
 
     @torch.inference_mode()
     def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) and global descriptor (D,),
-        both on the CPU whatever device the networks run on.
+        """(3, H, W) network input → dense hypercolumns (C, H/4, W/4) at ``hypercolumn_scales``
+        (``Hypercolumns.dense_at_scales``), which matching and refinement use, and global
+        descriptor (D,), both on the CPU whatever device the networks run on. Retrieval pools
+        the plain map, which its heads were trained on.
 
         The global descriptor pools ``retrieval_scales`` (``locseg.models.netvlad``); scale 1
         reuses the dense map, and every other scale costs a network pass at its size. Those
@@ -206,7 +217,8 @@ class Models:
                 continue
             resized = resize_image(image, max_side=round(max(image.shape[-2:]) * scale), upsample=True)[0]
             descriptors.append(self.describer(resized, self.hypercolumns.dense(resized)))
-        return dense[0].cpu(), pool_scales(torch.stack(descriptors)).cpu()
+        matched = self.hypercolumns.dense_at_scales(image, self.hypercolumn_scales, plain=dense)
+        return matched[0].cpu(), pool_scales(torch.stack(descriptors)).cpu()
 
 
 @dataclass(frozen=True)
@@ -260,10 +272,12 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
     Each model id records the settings its features depend on, and nothing else, so
     runs that differ in retrieval depth, matching or PnP share them.
     """
-    store.set_config(models.sparse_id, {"kind": "sparse hypercolumns", "backbone": config.backbone,
-                                        "weights": config.weights, "layers": list(config.layers),
-                                        "max_side": config.max_side, "max_points": config.max_points,
-                                        "observation_cell": OBSERVATION_CELL})
+    sparse_config = {"kind": "sparse hypercolumns", "backbone": config.backbone, "weights": config.weights,
+                     "layers": list(config.layers), "max_side": config.max_side, "max_points": config.max_points,
+                     "observation_cell": OBSERVATION_CELL}
+    if config.hypercolumn_scales != SINGLE_SCALE:
+        sparse_config["scales"] = list(config.hypercolumn_scales)
+    store.set_config(models.sparse_id, sparse_config)
     global_config = {"kind": "global descriptors", "backbone": config.backbone, "weights": config.weights,
                      "retrieval_weights": config.retrieval_weights, "max_side": config.max_side}
     if config.multiscale:

@@ -41,6 +41,14 @@ weighs the same in a cosine, as in the fine-tuning loss (``locseg.train.finetune
 normalises each level); with ``"joint"`` (S2DHM's) only the concatenation is,
 and the levels with the largest activations dominate. On the bundled weights,
 ``"levels"`` raises matching precision by 6 percentage points (benchmarks/RESULTS.md).
+
+Scales (``dense_at_scales``): a multi-scale map describes each cell of the 1/4 grid by the
+image at several sizes. For each scale ``s`` the network input is resized so that its longer
+side is ``s`` times as long, its dense map is sampled at the positions of the 1/4-grid cell
+centres in that resized image (``sample``, which keeps the convention above), and the unit
+hypercolumns of all scales are summed and L2-normalised again. The map keeps the 1/4 grid of
+the image's own size, so it stands wherever a plain dense map does. ``SINGLE_SCALE`` is the
+plain map.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from torch import nn
 
 from ..errors import InputError, ShapeError, check_shape
 from .backbone import VGG16
+from .preprocess import resize_image
 
 DEFAULT_LAYERS: tuple[int, ...] = (14, 17, 21, 24, 28)
 """relu3_2, pool3, relu4_2, pool4, relu5_2 outputs (S2DHM)."""
@@ -61,6 +70,17 @@ STRIDE = 4
 NORMALIZATIONS: tuple[str, ...] = ("levels", "joint")
 """How a hypercolumn is L2-normalised: each level and then the whole, or the whole only."""
 DEFAULT_NORMALIZATION = NORMALIZATIONS[0]
+SINGLE_SCALE: tuple[float, ...] = (1.0,)
+"""Scales of a plain, single-size map or descriptor."""
+
+
+def check_scales(scales: Iterable[float], what: str = "scales") -> tuple[float, ...]:
+    """``scales`` as a tuple of floats, or an ``InputError`` naming ``what`` if it is empty or
+    not all positive."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not (s > 0) for s in scales):
+        raise InputError(f"{what} must be positive factors of the input size, e.g. (1.0, 0.7071), got {list(scales)}")
+    return scales
 
 
 def check_normalization(normalization: str) -> str:
@@ -199,6 +219,37 @@ class Hypercolumns(nn.Module):
         # channels-last test with a batch stride that makes the convolutions fall back to NCHW.
         maps = self.backbone.activations(images.clone(memory_format=torch.channels_last), self.layers)
         return self.assemble(maps, height, width)
+
+    def dense_at_scales(self, images: torch.Tensor, scales: Sequence[float] = SINGLE_SCALE,
+                        plain: torch.Tensor | None = None) -> torch.Tensor:
+        """Multi-scale dense hypercolumns on the 1/4 grid of ``images`` (module docstring).
+
+        Args:
+            images: (B, 3, H, W) as in ``dense``.
+            scales: factors of the longer side, each costing a network pass at that size
+                (scale 1 included when listed; ``SINGLE_SCALE`` gives ``dense(images)``).
+            plain: ``dense(images)`` if already computed, reused for scale 1.
+        Returns:
+            (B, C, floor(H / 4), floor(W / 4)), unit L2 norm along C, channels-last.
+        """
+        scales = check_scales(scales, "hypercolumn scales")
+        height, width = images.shape[-2:]
+        total = None
+        for scale in scales:
+            if scale == 1.0:
+                part = self.dense(images) if plain is None else plain
+            else:
+                resized, _ = resize_image(images, max_side=round(max(height, width) * scale), upsample=True)
+                factors = resized.new_tensor([resized.shape[-1] / width, resized.shape[-2] / height])
+                centres = grid_centers(height // STRIDE, width // STRIDE, STRIDE, dtype=resized.dtype,
+                                       device=resized.device).reshape(1, -1, 2) * factors
+                sampled = self.sample(self.dense(resized), centres.expand(len(images), -1, -1),
+                                      (resized.shape[-1], resized.shape[-2]))          # (B, h w, C)
+                part = sampled.reshape(len(images), height // STRIDE, width // STRIDE, -1).permute(0, 3, 1, 2)
+            total = part if total is None else total + part
+        if len(scales) == 1 and scales[0] == 1.0:
+            return total
+        return l2_normalize(total.permute(0, 2, 3, 1).contiguous(), dim=3).permute(0, 3, 1, 2)
 
     def assemble(self, maps: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
         """Dense hypercolumns from the activations of ``layers`` (``backbone.activations``).

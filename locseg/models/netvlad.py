@@ -37,7 +37,7 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from ..errors import InputError, check_shape
-from .hypercolumn import l2_normalize
+from .hypercolumn import SINGLE_SCALE, check_scales, l2_normalize  # noqa: F401 (re-exported)
 from .weights_info import bundled_name_of
 
 RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
@@ -45,19 +45,6 @@ RETRIEVAL_SOURCES = ("conv5_3", "hypercolumns")
 LEGACY_HEAD_NORMALIZATION = "joint"
 """What a hypercolumn head's file without a ``hypercolumn_norm`` entry pooled: such heads
 were trained before locseg normalised each level (``locseg.models.hypercolumn``)."""
-
-
-SINGLE_SCALE = (1.0,)
-"""Scales of the plain, single-size descriptor."""
-
-
-def check_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
-    """``scales`` as a tuple of floats, or InputError if empty or not all positive."""
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(not (s > 0) for s in scales):
-        raise InputError(f"retrieval scales must be positive factors of max_side, e.g. (1.0, 0.7071), "
-                         f"got {list(scales)}")
-    return scales
 
 
 def pool_scales(descriptors: torch.Tensor) -> torch.Tensor:

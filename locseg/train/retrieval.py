@@ -204,7 +204,7 @@ def describe(model: RetrievalModel, paths: Sequence[Path], max_side: int, whiten
     """(N, D) descriptors of image files, one at a time (sizes may differ), on the CPU;
     the model runs on its own device. ``scales``: multi-scale descriptors
     (``locseg.models.netvlad``); the default is the plain one."""
-    scales = check_scales(tuple(scales))
+    scales = check_scales(scales, "retrieval scales")
     model.eval()
     device = module_device(model)
     out = []
