@@ -44,8 +44,8 @@ from locseg.localize.pipeline import (
     LocalizeConfig,
     Localizer,
     Models,
-    default_ratio,
     extract_reference_features,
+    matching_config,
 )
 from locseg.localize.reference import ReferenceMap
 from locseg.models.hypercolumn import NORMALIZATIONS
@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
     parser.add_argument("--hypercolumn-scales", type=float, nargs="+", default=list(LocalizeConfig.hypercolumn_scales),
-                        help="multiples of the input size averaged into the maps matched and refined")
+                        help="multiples of the input size averaged into the maps matched and refined (their "
+                             "passes count in locseg's features stage, so in SIFT's shared retrieval time too)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="the matching's ratio test (default: the hypercolumn weights' own, default_ratio)")
     parser.add_argument("--ratio-test", choices=RATIO_TESTS, default=MatchingConfig.ratio_test,
@@ -84,8 +85,7 @@ def main() -> None:
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
                             hypercolumn_scales=tuple(args.hypercolumn_scales),
-                            matching=MatchingConfig(ratio=default_ratio(args.weights) if args.ratio is None
-                                                    else args.ratio, ratio_test=args.ratio_test))
+                            matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

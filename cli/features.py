@@ -52,7 +52,8 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
         result["matching_precision"] = matching_precision(model, pairs, max_points=points, progress=progress,
                                                           scales=hypercolumn_scales).percent()
         if figures is not None:
-            result["figures"] = [str(path) for path in matching_figures(model, pairs, figures, progress=progress)]
+            result["figures"] = [str(path) for path in matching_figures(model, pairs, figures, progress=progress,
+                                                                        scales=hypercolumn_scales)]
         if retrieval_weights:
             retrieval = load_retrieval_model(retrieval_weights, weights, backbone).to(device)
             recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)

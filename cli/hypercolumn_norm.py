@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import click
 
+from locseg.errors import InputError
 from locseg.models.hypercolumn import (
     DEFAULT_NORMALIZATION,
     NORMALIZATIONS,
     SINGLE_SCALE,
+    check_scales,
 )
 
 
-def parse_scales(value: str) -> tuple[float, ...]:
-    """``"1,0.7071"`` → (1.0, 0.7071); the config checks that they are positive."""
+def parse_scales(value: str, what: str = "scales") -> tuple[float, ...]:
+    """``"1,0.7071"`` → (1.0, 0.7071), positive factors (``check_scales``, naming ``what``), or a
+    usage error before any work starts."""
     try:
-        return tuple(float(part) for part in value.split(","))
+        return check_scales((float(part) for part in value.split(",")), what)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 1,0.7071,0.5") from None
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 hypercolumn_norm_option = click.option(
@@ -27,6 +32,6 @@ hypercolumn_norm_option = click.option(
 
 hypercolumn_scales_option = click.option(
     "--hypercolumn-scales", default=",".join(map(str, SINGLE_SCALE)), show_default=True,
-    callback=lambda _ctx, _param, value: parse_scales(value),
+    callback=lambda _ctx, _param, value: parse_scales(value, "hypercolumn scales"),
     help="Comma-separated multiples of the input size whose hypercolumns are averaged into each dense map, "
          "e.g. 0.8,1,1.25; every scale but 1 costs one more network pass per image.")

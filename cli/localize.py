@@ -15,8 +15,8 @@ from locseg.io.localize_log import read_failed_queries
 from locseg.io.poses import read_poses
 from locseg.io.queries import read_query_list
 from locseg.localize.feature_gradients import GRADIENT_OPERATORS
-from locseg.localize.matching import MATCHING_METHODS, RATIO_TESTS, MatchingConfig
-from locseg.localize.pipeline import LocalizeConfig, default_ratio
+from locseg.localize.matching import MATCHING_METHODS, RATIO_TESTS
+from locseg.localize.pipeline import LocalizeConfig, matching_config
 from locseg.localize.pipeline import localize as run_localize
 from locseg.localize.pnp import ESTIMATORS, PnPConfig
 from locseg.localize.reference import ReferenceMap
@@ -58,7 +58,7 @@ _DEFAULTS = LocalizeConfig()
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
 @click.option("--retrieval-scales", default=",".join(map(str, _DEFAULTS.retrieval_scales)), show_default=True,
-              callback=lambda _ctx, _param, value: parse_scales(value),
+              callback=lambda _ctx, _param, value: parse_scales(value, "retrieval scales"),
               help="Comma-separated multiples of the input size pooled into each global descriptor, "
                    "e.g. 1,0.7071,0.5; every scale but 1 costs one more network pass per image.")
 @hypercolumn_scales_option
@@ -67,13 +67,16 @@ _DEFAULTS = LocalizeConfig()
 @click.option("--matching", type=click.Choice(MATCHING_METHODS), default=_DEFAULTS.matching.method,
               show_default=True, help="Sparse-to-dense matching: coarse to fine, or against every cell (S2DHM).")
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), default=None,
-              show_default=f"{_DEFAULTS.matching.ratio:g}; 1 with the v10 and v11 hypercolumns, coarse to fine",
+              show_default=f"{_DEFAULTS.matching.ratio:g}; 1 with the v10 and v11 hypercolumns, coarse to fine, "
+                           "similarity form",
               help="Ratio test of the matching: a match is kept when ratio² times its similarity is at least "
-                   "the k-th best (1 keeps nearly every match; the sharper v10 and v11 hypercolumns localize "
-                   "far better at 1 than at 0.9).")
+                   "the k-th best, or with --ratio-test distance when its distance 1 - similarity is at most "
+                   "ratio² times the k-th's (1 keeps nearly every match; the sharper v10 and v11 hypercolumns "
+                   "localize far better at 1 than at 0.9 with the similarity form).")
 @click.option("--ratio-test", type=click.Choice(RATIO_TESTS), default=_DEFAULTS.matching.ratio_test,
               show_default=True,
-              help="Form of the ratio test: on the similarities, or on the distances 1 - similarity (Lowe's).")
+              help="Form of the ratio test: on the similarities, or on the distances 1 - similarity (Lowe's), "
+                   "which keeps a like share of matches whatever the hypercolumns.")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -105,8 +108,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                             retrieval_scales=retrieval_scales, hypercolumn_scales=hypercolumn_scales,
                             backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                            matching=MatchingConfig(method=matching, ratio=default_ratio(weights, matching)
-                                                    if ratio is None else ratio, ratio_test=ratio_test),
+                            matching=matching_config(weights, matching, ratio, ratio_test),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),
@@ -155,7 +157,8 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     if summary.ratio_test_starved(config.matching.ratio):
         click.secho(f"locseg: warning: the ratio test ({config.matching.ratio:g}) kept a median "
                     f"{100 * summary.median_kept_fraction:.1f} % of the map points tried per reference; it may "
-                    f"be too strict for these hypercolumns: try --ratio 1", fg="yellow", err=True)
+                    f"be too strict for these hypercolumns: try --ratio 1 or --ratio-test distance", fg="yellow",
+                    err=True)
     click.echo(f"results: {summary.results}  log: {log_path}")
     if ground_truth is not None:
         Console().print(evaluate_poses(read_poses(summary.results), read_poses(ground_truth)).to_table())

@@ -142,11 +142,13 @@ def test_cli_localize_refuses_a_head_trained_on_other_hypercolumns(run, tmp_path
     assert not (tmp_path / "r.txt").exists() and not any(tmp_path.glob("features.h5*"))
 
 
+@pytest.mark.parametrize("option", ["retrieval", "hypercolumn"])
 @pytest.mark.parametrize("scales, message", [("1,x", "not a comma-separated list of numbers"),
-                                             ("1,0", "retrieval scales must be positive")])
-def test_cli_localize_refuses_bad_retrieval_scales_before_any_work(tmp_path, scales, message):
+                                             ("1,0", "{} scales must be positive")])
+def test_cli_localize_refuses_bad_scales_before_any_work(tmp_path, scales, message, option):
     street = tmp_path / "not-yet-generated"
-    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--retrieval-scales", scales])
+    message = message.format(option)
+    result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), f"--{option}-scales", scales])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not street.exists()
 
@@ -185,17 +187,23 @@ def test_cli_localize_warns_when_the_ratio_test_keeps_almost_no_match(run, tmp_p
 
 
 def test_the_ratio_test_follows_the_hypercolumn_weights(tmp_path):
-    """v10 and v11 record street 5's choice of ratio (1) for coarse-to-fine matching, found by name
-    or by the file's digest; every other set, dense matching, and an unbundled file get the
-    matching's default, as do the defaults (v8)."""
+    """v10 and v11 record street 5's choice of ratio (1) for coarse-to-fine matching with the
+    similarity form, found by name or by the file's digest; every other set, dense matching, the
+    distance form and an unbundled file get the matching's default, as do the defaults (v8). A
+    ratio given is kept."""
     from locseg.localize.matching import MatchingConfig
-    from locseg.localize.pipeline import DEFAULT_WEIGHTS, default_ratio
+    from locseg.localize.pipeline import DEFAULT_WEIGHTS, default_ratio, matching_config
     from locseg.models.weights import bundled_weights
 
     v11 = bundled_weights("synthseasons-slim-dmcgn-v11")
     assert default_ratio("synthseasons-slim-dmcgn-v10") == default_ratio("synthseasons-slim-dmcgn-v11") == 1.0
     assert default_ratio(str(v11.path)) == 1.0
     assert default_ratio("synthseasons-slim-dmcgn-v11", "dense") == MatchingConfig.ratio
+    assert default_ratio("synthseasons-slim-dmcgn-v11", ratio_test="distance") == MatchingConfig.ratio
+    assert matching_config("synthseasons-slim-dmcgn-v11") == MatchingConfig(ratio=1.0)
+    assert matching_config("synthseasons-slim-dmcgn-v11", ratio_test="distance") == \
+        MatchingConfig(ratio=0.9, ratio_test="distance")
+    assert matching_config("synthseasons-slim-dmcgn-v11", "dense", 0.7) == MatchingConfig(method="dense", ratio=0.7)
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"not bundled")
     for weights in (DEFAULT_WEIGHTS, "synthseasons-slim-dmcgn-v9", str(other)):

@@ -12,14 +12,14 @@ correspondences.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..models.hypercolumn import Hypercolumns
+from ..models.hypercolumn import SINGLE_SCALE, Hypercolumns
 from ..models.preprocess import denormalize_image
 from ..train.pairs import CorrespondencePairs, PairSample
 from .matching import THRESHOLD, match_points
@@ -76,10 +76,11 @@ def match_figure(sample: PairSample, points_a: torch.Tensor, found_b: torch.Tens
 
 def matching_figures(model: Hypercolumns, pairs: CorrespondencePairs, output: str | Path,
                      threshold: float = THRESHOLD, points: int = FIGURE_POINTS, seed: int = 0, subcell: bool = False,
-                     progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     scales: Sequence[float] = SINGLE_SCALE) -> list[Path]:
     """Write ``output/<condition>.png`` for the first pair of each condition that has
-    correspondences, ``points`` of them drawn at random (seeded); returns the files, in
-    condition order."""
+    correspondences, ``points`` of them drawn at random (seeded) and matched on maps at ``scales``;
+    returns the files, in condition order."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     first: dict[str, int] = {}
@@ -90,7 +91,8 @@ def matching_figures(model: Hypercolumns, pairs: CorrespondencePairs, output: st
     written = []
     conditions = sorted(first)
     for condition, (sample, keep, found) in zip(conditions, match_points(
-            model, pairs, points, seed, [first[c] for c in conditions], progress, subcell, stage="figures")):
+            model, pairs, points, seed, [first[c] for c in conditions], progress, subcell, stage="figures",
+            scales=scales)):
         path = output / f"{condition}.png"
         match_figure(sample, sample.points_a[keep], found, sample.points_b[keep], threshold).save(path)
         written.append(path)

@@ -28,7 +28,8 @@ rival ``s_k`` above:
 - ``"similarity"``: ``ratio² · s_1 ≥ s_k``, on the cosines themselves.
 - ``"distance"``: ``1 − s_1 ≤ ratio² · (1 − s_k)``. For unit vectors the squared Euclidean
   distance is ``2 − 2s``, so this is Lowe's test on distances: the peak must be ``ratio``
-  times as close as the rival. It depends on how the cosines differ, not on where they lie:
+  times as close as the rival (exactly so for ``"dense"``; the coarse rival is a block's mean
+  similarity, which no unit vector need have). It depends on how the cosines differ, not on where they lie:
   hypercolumns whose cosines all crowd near 1 fail the similarity form at any ratio below 1.
 """
 

@@ -80,21 +80,32 @@ PROJECTION_SAMPLE_STEP = 8   # every 8th reference descriptor fits the coarse-ma
 FEW_KEPT = 0.05
 
 
-def default_ratio(weights: str, method: str = MatchingConfig.method) -> float:
+def default_ratio(weights: str, method: str = MatchingConfig.method,
+                  ratio_test: str = MatchingConfig.ratio_test) -> float:
     """The ratio test that suits hypercolumn ``weights`` (a name, path or URL): for coarse-to-fine
-    matching, the ``match_ratio`` of the bundled entry whose file they are, found by digest (1 for
-    v10 and v11, chosen on a validation street with that method); otherwise ``MatchingConfig``'s
-    default. The CLI and benchmarks use it when no ratio is given; a ``LocalizeConfig`` built in
-    code keeps the ratio its ``MatchingConfig`` says.
+    matching with the similarity form, the ``match_ratio`` of the bundled entry whose file they
+    are, found by digest (1 for v10 and v11, chosen on a validation street with that method and
+    form); otherwise ``MatchingConfig``'s default, 0.9, which street 5 also chose for the
+    distance form over v8 and v11 alike (benchmarks/RESULTS.md, "The ratio test on distances").
+    The CLI and benchmarks use it when no ratio is given (``matching_config``); a
+    ``LocalizeConfig`` built in code keeps the ratio its ``MatchingConfig`` says.
 
     Raises:
         LocsegError: ``weights`` cannot be resolved (``locseg.models.weights.resolve_weights``).
     """
-    if method != "coarse-to-fine":
+    if method != "coarse-to-fine" or ratio_test != "similarity":
         return MatchingConfig.ratio
     name = bundled_name_of(weights_digest(weights))
     ratio = bundled_weights(name).match_ratio if name else None
     return MatchingConfig.ratio if ratio is None else ratio
+
+
+def matching_config(weights: str, method: str = MatchingConfig.method, ratio: float | None = None,
+                    ratio_test: str = MatchingConfig.ratio_test) -> MatchingConfig:
+    """The matching settings of a command line: ``ratio``, or when it is None the one that suits
+    ``weights`` (``default_ratio``)."""
+    return MatchingConfig(method=method, ratio=default_ratio(weights, method, ratio_test) if ratio is None else ratio,
+                          ratio_test=ratio_test)
 
 
 @dataclass(frozen=True)
