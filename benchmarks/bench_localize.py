@@ -78,6 +78,8 @@ def main() -> None:
                              "passes count in locseg's features stage, so in SIFT's shared retrieval time too)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="the matching's ratio test (default: the hypercolumn weights' own, default_ratio)")
+    parser.add_argument("--refit-ratio", type=float, default=None,
+                        help="the looser ratio of the matches the winning pose is refitted over (default: --ratio)")
     parser.add_argument("--ratio-test", choices=RATIO_TESTS, default=MatchingConfig.ratio_test,
                         help="the ratio test's form: on similarities or on distances")
     args = parser.parse_args()
@@ -85,7 +87,8 @@ def main() -> None:
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
                             hypercolumn_scales=tuple(args.hypercolumn_scales),
-                            matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test))
+                            matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test,
+                                                     refit_ratio=args.refit_ratio))
     sift_config = SiftConfig(pnp=config.pnp)
     queries = first_per_condition(read_query_list(args.dataset / "queries" / "all.txt"), args.limit)
     truth = read_poses(args.dataset / "ground_truth" / "queries.txt")

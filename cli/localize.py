@@ -77,6 +77,9 @@ _DEFAULTS = LocalizeConfig()
               show_default=True,
               help="Form of the ratio test: on the similarities, or on the distances 1 - similarity (Lowe's), "
                    "which keeps a like share of matches whatever the hypercolumns.")
+@click.option("--refit-ratio", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Refit the winning pose over the matches that pass the ratio test at this looser ratio, "
+                   "while RANSAC keeps to those that pass --ratio [default: --ratio].")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -98,6 +101,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
              output: Path | None, top_k: int, weights: str, retrieval_weights: str,
              retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
              hypercolumn_norm: str, matching: str, ratio: float | None, ratio_test: str,
+             refit_ratio: float | None,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:
@@ -108,7 +112,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                             retrieval_scales=retrieval_scales, hypercolumn_scales=hypercolumn_scales,
                             backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
-                            matching=matching_config(weights, matching, ratio, ratio_test),
+                            matching=matching_config(weights, matching, ratio, ratio_test, refit_ratio),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,
                                                                        gradient_operator=refine_gradient),

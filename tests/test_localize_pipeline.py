@@ -301,6 +301,32 @@ def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(r
         LocalizeConfig(refine_points=3)
 
 
+def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run):
+    """With ``refit_ratio`` 1, RANSAC sees exactly the matches of the plain run (same counts,
+    inliers and winner), and the refit draws on nearly every map point, so the winner ends
+    with more inliers, and its pose stays within the plain one's accuracy."""
+    from dataclasses import replace
+
+    from locseg.evaluate.pose import pose_errors
+    from locseg.localize import pipeline
+    from locseg.models.preprocess import load_image
+    from locseg.store import FeatureStore
+
+    street, reference, queries, out, _ = run
+    truth = read_poses(street / "ground_truth" / "queries.txt")
+    looser = replace(CONFIG, matching=replace(CONFIG.matching, refit_ratio=1.0))
+    models = pipeline.Models.load(CONFIG)
+    name, camera = next((n, c) for n, c in queries if n.startswith("sun/"))
+    image = load_image(street / "images" / name)
+    with FeatureStore(out / "features.h5", mode="r") as store:
+        plain = pipeline.Localizer(reference, models, store, CONFIG).search(image, camera)
+        loose = pipeline.Localizer(reference, models, store, looser).search(image, camera)
+    assert (loose.matches, loose.inliers, loose.best.reference) == (plain.matches, plain.inliers, plain.best.reference)
+    assert len(loose.best.points3D) > len(plain.best.points3D)
+    errors = [float(pose_errors({name: s.best.pose}, {name: truth[name]})[0][0]) for s in (plain, loose)]
+    assert errors[1] < max(2 * errors[0], 0.25), errors     # metres
+
+
 def test_the_config_names_the_valid_hypercolumn_normalisations():
     assert LocalizeConfig().hypercolumn_norm == "levels"
     with pytest.raises(InputError, match="unknown hypercolumn normalization 'l1'; valid: levels, joint"):
@@ -394,11 +420,14 @@ def test_multiscale_hypercolumns_are_matched_but_not_pooled_and_keep_their_own_s
         LocalizeConfig(hypercolumn_scales=())
 
 
-def test_the_ratio_tests_form_changes_the_digest_only_when_it_is_not_the_similarity_form():
-    """Logs written before ``ratio_test`` existed used the similarity form and stay reusable."""
-    similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity"))
-    distance = LocalizeConfig(matching=MatchingConfig(ratio_test="distance"))
+def test_new_matching_settings_change_the_digest_only_when_they_change_the_behaviour():
+    """Logs written before ``ratio_test`` and ``refit_ratio`` existed used the similarity form
+    and refitted over the matches RANSAC saw; they stay reusable."""
+    similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity", refit_ratio=None))
     before = LocalizeConfig().to_dict()              # the settings as a single-scale run hashed them before
-    del before["retrieval_scales"], before["hypercolumn_scales"], before["matching"]["ratio_test"]
+    del before["retrieval_scales"], before["hypercolumn_scales"]
+    del before["matching"]["ratio_test"], before["matching"]["refit_ratio"]
     old_digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
-    assert similarity.digest() == old_digest != distance.digest()
+    assert similarity.digest() == old_digest
+    assert LocalizeConfig(matching=MatchingConfig(ratio_test="distance")).digest() != old_digest
+    assert LocalizeConfig(matching=MatchingConfig(refit_ratio=1.0)).digest() != old_digest

@@ -31,6 +31,10 @@ rival ``s_k`` above:
   times as close as the rival (exactly so for ``"dense"``; the coarse rival is a block's mean
   similarity, which no unit vector need have). It depends on how the cosines differ, not on where they lie:
   hypercolumns whose cosines all crowd near 1 fail the similarity form at any ratio below 1.
+
+With ``refit_ratio``, each match also records whether it passes the same test at that
+(looser) ratio: ``DenseMatches.loose``. The localizer estimates poses from the matches
+that pass ``ratio`` and refits the winner over the looser set (``locseg.localize.pipeline``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class MatchingConfig:
         method: one of ``MATCHING_METHODS``.
         ratio: of the ratio test, both methods.
         ratio_test: the test's form, one of ``RATIO_TESTS``.
+        refit_ratio: the ratio of ``DenseMatches.loose``, the matches a pose may be refitted
+            over; None: the same as ``ratio``.
         factor: ``"dense"``: the ratio test's k is ``factor · h · w``.
         chunk: ``"dense"``: descriptors correlated at once (memory ``chunk · h · w`` floats).
         pool: ``"coarse-to-fine"``: cells per coarse block side.
@@ -68,6 +74,7 @@ class MatchingConfig:
     method: str = "coarse-to-fine"
     ratio: float = 0.9
     ratio_test: str = "similarity"
+    refit_ratio: float | None = None
     factor: float = 0.006
     chunk: int = 2048
     pool: int = 4
@@ -81,6 +88,8 @@ class MatchingConfig:
         lookup(dict.fromkeys(RATIO_TESTS), "ratio test", self.ratio_test)
         if not 0 < self.ratio <= 1:
             raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.refit_ratio is not None and not self.ratio <= self.refit_ratio <= 1:
+            raise InputError(f"refit_ratio must lie between ratio ({self.ratio}) and 1, got {self.refit_ratio}")
         if not 0 < self.factor < 1:
             raise InputError(f"factor must be in (0, 1), got {self.factor}")
         for name in ("chunk", "pool", "candidates", "coarse_rank", "projection_dim"):
@@ -96,14 +105,17 @@ class DenseMatches:
         uv: (N, 2) COLMAP pixel coordinates in the query's network input.
         score: (N,) best cosine similarity.
         keep: (N,) bool, passed the ratio test.
+        loose: (N,) bool, passed it at ``refit_ratio`` (``keep`` itself without one); matches
+            that pass either are placed at their sub-cell peaks.
     """
 
     uv: torch.Tensor
     score: torch.Tensor
     keep: torch.Tensor
+    loose: torch.Tensor
 
     def __getitem__(self, rows: slice) -> DenseMatches:
-        return DenseMatches(self.uv[rows], self.score[rows], self.keep[rows])
+        return DenseMatches(self.uv[rows], self.score[rows], self.keep[rows], self.loose[rows])
 
 
 def ratio_test_rank(height: int, width: int, factor: float) -> int:
@@ -111,12 +123,15 @@ def ratio_test_rank(height: int, width: int, factor: float) -> int:
     return min(max(2, int(factor * height * width)), height * width)
 
 
-def passes_ratio_test(best: torch.Tensor, rival: torch.Tensor, config: MatchingConfig) -> torch.Tensor:
+def passes_ratio_test(best: torch.Tensor, rival: torch.Tensor, config: MatchingConfig,
+                      ratio: float | None = None) -> torch.Tensor:
     """Whether peaks ``best`` (N,) stand out from their rivals ``rival`` (N,), both cosine
-    similarities, by ``config``'s ratio test (module docstring). Returns (N,) bool."""
+    similarities, by ``config``'s ratio test (module docstring) at ``ratio`` (default
+    ``config.ratio``). Returns (N,) bool."""
+    ratio = config.ratio if ratio is None else ratio
     if config.ratio_test == "distance":
-        return 1 - best <= config.ratio ** 2 * (1 - rival)
-    return config.ratio ** 2 * best >= rival
+        return 1 - best <= ratio ** 2 * (1 - rival)
+    return ratio ** 2 * best >= rival
 
 
 def fit_projection(descriptors: torch.Tensor, dim: int) -> torch.Tensor:
@@ -169,8 +184,8 @@ def match_sparse_to_dense(descriptors: torch.Tensor, query_map: torch.Tensor,
                     tuple(projected.shape) == (descriptors.shape[0], projection.shape[1]))
     descriptors, query_map = descriptors.float(), query_map.float()
     if descriptors.shape[0] == 0:
-        return DenseMatches(query_map.new_zeros((0, 2)), query_map.new_zeros((0,)),
-                            torch.zeros(0, dtype=torch.bool, device=query_map.device))
+        none = torch.zeros(0, dtype=torch.bool, device=query_map.device)
+        return DenseMatches(query_map.new_zeros((0, 2)), query_map.new_zeros((0,)), none, none)
     if config.method == "dense":
         return _match_dense(descriptors, query_map, config)
     return _match_coarse_to_fine(descriptors, query_map, config, projection, projected)
@@ -191,15 +206,14 @@ def _match_dense(descriptors: torch.Tensor, query_map: torch.Tensor, config: Mat
     _, height, width = query_map.shape
     k = ratio_test_rank(height, width, config.factor)
     flat = _cell_rows(query_map).T
-    scores, cells, keeps = [], [], []
+    scores, cells, rivals = [], [], []
     for start in range(0, descriptors.shape[0], config.chunk):
         similarity = descriptors[start:start + config.chunk] @ flat     # (n, h w)
         top = similarity.topk(k, dim=1)
-        best, kth = top.values[:, 0], top.values[:, -1]
-        scores.append(best)
+        scores.append(top.values[:, 0])
         cells.append(top.indices[:, 0])
-        keeps.append(passes_ratio_test(best, kth, config))
-    return _matches(descriptors, query_map, torch.cat(cells), torch.cat(scores), torch.cat(keeps), config)
+        rivals.append(top.values[:, -1])
+    return _matches(descriptors, query_map, torch.cat(cells), torch.cat(scores), torch.cat(rivals), config)
 
 
 def _block_cells(height: int, width: int, pool: int) -> torch.Tensor:
@@ -265,20 +279,24 @@ def _match_coarse_to_fine(descriptors: torch.Tensor, query_map: torch.Tensor, co
     fine[searched < 0] = -float("inf")
     best, index = fine.max(dim=1)
     cells = searched.gather(1, index[:, None])[:, 0]
-    keep = passes_ratio_test(best, top.values[:, rank - 1], config)
-    return _matches(descriptors, query_map, cells, best, keep, config, (searched, fine))
+    return _matches(descriptors, query_map, cells, best, top.values[:, rank - 1], config, (searched, fine))
 
 
 def _matches(descriptors: torch.Tensor, query_map: torch.Tensor, cells: torch.Tensor, best: torch.Tensor,
-             keep: torch.Tensor, config: MatchingConfig,
+             rival: torch.Tensor, config: MatchingConfig,
              known: tuple[torch.Tensor, torch.Tensor] | None = None) -> DenseMatches:
-    """The matches at their cells' centres, moved by ``subcell_offsets`` where kept;
+    """The matches at their cells' centres, moved by ``subcell_offsets`` where they pass the
+    ratio test at ``ratio`` or ``refit_ratio`` against their (N,) ``rival`` similarities;
     ``known``: (N, K) cells whose (N, K) similarities were already computed."""
+    keep = passes_ratio_test(best, rival, config)
+    loose = keep if config.refit_ratio is None else passes_ratio_test(best, rival, config, config.refit_ratio)
+    placed = keep | loose
     uv = _cells_to_uv(cells, query_map.shape[-1])
     if config.subcell:
-        kept_known = None if known is None else (known[0][keep], known[1][keep])
-        uv[keep] += subcell_offsets(descriptors[keep], query_map, cells[keep], best[keep], kept_known) * STRIDE
-    return DenseMatches(uv, best, keep)
+        placed_known = None if known is None else (known[0][placed], known[1][placed])
+        uv[placed] += subcell_offsets(descriptors[placed], query_map, cells[placed], best[placed],
+                                      placed_known) * STRIDE
+    return DenseMatches(uv, best, keep, loose)
 
 
 def _neighbour_similarities(descriptors: torch.Tensor, query_map: torch.Tensor, neighbours: torch.Tensor,

@@ -101,11 +101,15 @@ def default_ratio(weights: str, method: str = MatchingConfig.method,
 
 
 def matching_config(weights: str, method: str = MatchingConfig.method, ratio: float | None = None,
-                    ratio_test: str = MatchingConfig.ratio_test) -> MatchingConfig:
+                    ratio_test: str = MatchingConfig.ratio_test, refit_ratio: float | None = None) -> MatchingConfig:
     """The matching settings of a command line: ``ratio``, or when it is None the one that suits
     ``weights`` (``default_ratio``)."""
     return MatchingConfig(method=method, ratio=default_ratio(weights, method, ratio_test) if ratio is None else ratio,
-                          ratio_test=ratio_test)
+                          ratio_test=ratio_test, refit_ratio=refit_ratio)
+
+
+# MatchingConfig fields added after logs were first written, with the behaviour before them.
+_MATCHING_SETTINGS_ADDED = {"ratio_test": "similarity", "refit_ratio": None}
 
 
 @dataclass(frozen=True)
@@ -149,15 +153,17 @@ class LocalizeConfig:
 
     def digest(self) -> str:
         """Short hash of the settings that change a query's result. Single-scale retrieval and
-        hypercolumns and the similarity ratio test leave it as it was before ``retrieval_scales``,
-        ``hypercolumn_scales`` and ``MatchingConfig.ratio_test`` existed, so older logs stay reusable."""
+        hypercolumns, and matching settings as they were before they could be changed
+        (``_MATCHING_SETTINGS_ADDED``), leave it as it was before those settings existed, so older
+        logs stay reusable."""
         settings = self.to_dict()
         if not self.multiscale:
             del settings["retrieval_scales"]
         if self.hypercolumn_scales == SINGLE_SCALE:
             del settings["hypercolumn_scales"]
-        if self.matching.ratio_test == "similarity":
-            del settings["matching"]["ratio_test"]
+        for key, before in _MATCHING_SETTINGS_ADDED.items():
+            if settings["matching"][key] == before:
+                del settings["matching"][key]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -410,7 +416,12 @@ class Localizer:
             points2D = (ref_found.uv[ref_found.keep].double() * scale).numpy()
             points3D = self.reference.points(ref.point3D_ids[keep])
             descriptors = ref.descriptors[keep]
-            pooled.append((points2D, points3D, descriptors))
+            if self.config.matching.refit_ratio is None:
+                pooled.append((points2D, points3D, descriptors))
+            else:   # the refit may draw on the looser set
+                loose = ref_found.loose.numpy()
+                pooled.append(((ref_found.uv[ref_found.loose].double() * scale).numpy(),
+                               self.reference.points(ref.point3D_ids[loose]), ref.descriptors[loose]))
 
             clock = time.perf_counter()
             result = estimate_pose(points2D, points3D, camera, pnp)
