@@ -73,18 +73,21 @@ def main() -> None:
                         help="a head trained on the hypercolumns of --weights")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
+    parser.add_argument("--top-k", type=int, default=LocalizeConfig.top_k,
+                        help="retrieved references matched per query (SIFT matches against the same ones)")
     parser.add_argument("--hypercolumn-scales", type=float, nargs="+", default=list(LocalizeConfig.hypercolumn_scales),
                         help="multiples of the input size averaged into the maps matched and refined (their "
                              "passes count in locseg's features stage, so in SIFT's shared retrieval time too)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="the matching's ratio test (default: the hypercolumn weights' own, default_ratio)")
-    parser.add_argument("--refit-ratio", type=float, default=None,
-                        help="the looser ratio of the matches the winning pose is refitted over (default: --ratio)")
+    parser.add_argument("--refit-ratio", type=float, default=LocalizeConfig().matching.refit_ratio,
+                        help="the looser ratio of the matches the winning pose is refitted over (at or below "
+                             "--ratio: RANSAC's matches)")
     parser.add_argument("--ratio-test", choices=RATIO_TESTS, default=MatchingConfig.ratio_test,
                         help="the ratio test's form: on similarities or on distances")
     args = parser.parse_args()
 
-    config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm,
+    config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm, top_k=args.top_k,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
                             hypercolumn_scales=tuple(args.hypercolumn_scales),
                             matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test,

@@ -77,9 +77,10 @@ _DEFAULTS = LocalizeConfig()
               show_default=True,
               help="Form of the ratio test: on the similarities, or on the distances 1 - similarity (Lowe's), "
                    "which keeps a like share of matches whatever the hypercolumns.")
-@click.option("--refit-ratio", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Refit the winning pose over the matches that pass the ratio test at this looser ratio, "
-                   "while RANSAC keeps to those that pass --ratio [default: --ratio].")
+@click.option("--refit-ratio", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.matching.refit_ratio,
+              show_default=True,
+              help="Refit the winning pose over the matches that pass the ratio test at this looser ratio, while "
+                   "RANSAC keeps to those that pass --ratio (a value at or below --ratio: over RANSAC's matches).")
 @click.option("--pnp", "estimator", type=click.Choice(sorted(ESTIMATORS)), default=_DEFAULTS.pnp.estimator,
               show_default=True, help="RANSAC-PnP implementation.")
 @click.option("--no-refit", is_flag=True,
@@ -101,7 +102,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
              output: Path | None, top_k: int, weights: str, retrieval_weights: str,
              retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
              hypercolumn_norm: str, matching: str, ratio: float | None, ratio_test: str,
-             refit_ratio: float | None,
+             refit_ratio: float,
              estimator: str, no_refit: bool,
              no_refine: bool, refine_points: int, refine_loss: str, refine_gradient: str, store: Path | None,
              log_path: Path | None, device: torch.device) -> None:

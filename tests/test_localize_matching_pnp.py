@@ -107,7 +107,9 @@ def test_the_refit_ratio_marks_a_looser_superset_placed_at_sub_cell_peaks(method
     assert torch.equal(both.loose, looser.keep) and 0 < both.keep.sum() < both.loose.sum() < len(descriptors)
     torch.testing.assert_close(both.uv[both.loose], looser.uv[looser.keep])
     with pytest.raises(InputError, match="refit_ratio"):
-        MatchingConfig(ratio=0.9, refit_ratio=0.8)
+        MatchingConfig(refit_ratio=1.5)
+    for no_looser in (0.9, 0.8):      # the ratio test's own matches: the same setting as none
+        assert MatchingConfig(ratio=0.9, refit_ratio=no_looser) == MatchingConfig(ratio=0.9)
 
 
 def test_chunking_does_not_change_the_matches():

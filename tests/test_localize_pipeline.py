@@ -200,10 +200,12 @@ def test_the_ratio_test_follows_the_hypercolumn_weights(tmp_path):
     assert default_ratio(str(v11.path)) == 1.0
     assert default_ratio("synthseasons-slim-dmcgn-v11", "dense") == MatchingConfig.ratio
     assert default_ratio("synthseasons-slim-dmcgn-v11", ratio_test="distance") == MatchingConfig.ratio
-    assert matching_config("synthseasons-slim-dmcgn-v11") == MatchingConfig(ratio=1.0)
+    assert matching_config("synthseasons-slim-dmcgn-v11") == MatchingConfig(ratio=1.0)   # no looser refit than 1
     assert matching_config("synthseasons-slim-dmcgn-v11", ratio_test="distance") == \
-        MatchingConfig(ratio=0.9, ratio_test="distance")
-    assert matching_config("synthseasons-slim-dmcgn-v11", "dense", 0.7) == MatchingConfig(method="dense", ratio=0.7)
+        MatchingConfig(ratio=0.9, ratio_test="distance", refit_ratio=0.95)
+    assert matching_config("synthseasons-slim-dmcgn-v11", "dense", 0.7, refit_ratio=None) == \
+        MatchingConfig(method="dense", ratio=0.7)
+    assert matching_config(DEFAULT_WEIGHTS) == LocalizeConfig().matching    # the CLI's defaults are the config's
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"not bundled")
     for weights in (DEFAULT_WEIGHTS, "synthseasons-slim-dmcgn-v9", str(other)):
@@ -325,6 +327,9 @@ def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run):
     assert len(loose.best.points3D) > len(plain.best.points3D)
     errors = [float(pose_errors({name: s.best.pose}, {name: truth[name]})[0][0]) for s in (plain, loose)]
     assert errors[1] < max(2 * errors[0], 0.25), errors     # metres
+    without_refit = replace(looser, pnp=replace(looser.pnp, refit=False))
+    assert without_refit.matching.refit_ratio is None     # nothing is refitted over the looser matches
+    assert without_refit.digest() == replace(CONFIG, pnp=replace(CONFIG.pnp, refit=False)).digest()
 
 
 def test_the_config_names_the_valid_hypercolumn_normalisations():

@@ -60,7 +60,8 @@ class MatchingConfig:
         ratio: of the ratio test, both methods.
         ratio_test: the test's form, one of ``RATIO_TESTS``.
         refit_ratio: the ratio of ``DenseMatches.loose``, the matches a pose may be refitted
-            over; None: the same as ``ratio``.
+            over, when it is looser than ``ratio`` (otherwise, and with None, ``ratio``'s). The
+            localizer's default is 0.95 (``LocalizeConfig``).
         factor: ``"dense"``: the ratio test's k is ``factor · h · w``.
         chunk: ``"dense"``: descriptors correlated at once (memory ``chunk · h · w`` floats).
         pool: ``"coarse-to-fine"``: cells per coarse block side.
@@ -88,8 +89,10 @@ class MatchingConfig:
         lookup(dict.fromkeys(RATIO_TESTS), "ratio test", self.ratio_test)
         if not 0 < self.ratio <= 1:
             raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
-        if self.refit_ratio is not None and not self.ratio <= self.refit_ratio <= 1:
-            raise InputError(f"refit_ratio must lie between ratio ({self.ratio}) and 1, got {self.refit_ratio}")
+        if self.refit_ratio is not None and not 0 < self.refit_ratio <= 1:
+            raise InputError(f"refit_ratio must be in (0, 1], got {self.refit_ratio}")
+        if self.refit_ratio is not None and self.refit_ratio <= self.ratio:   # no looser: the same matches,
+            object.__setattr__(self, "refit_ratio", None)                     # one setting, one digest
         if not 0 < self.factor < 1:
             raise InputError(f"factor must be in (0, 1), got {self.factor}")
         for name in ("chunk", "pool", "candidates", "coarse_rank", "projection_dim"):
@@ -105,8 +108,8 @@ class DenseMatches:
         uv: (N, 2) COLMAP pixel coordinates in the query's network input.
         score: (N,) best cosine similarity.
         keep: (N,) bool, passed the ratio test.
-        loose: (N,) bool, passed it at ``refit_ratio`` (``keep`` itself without one); matches
-            that pass either are placed at their sub-cell peaks.
+        loose: (N,) bool, passed it at ``refit_ratio`` (``keep`` itself without one), a superset
+            of ``keep``; all of them are placed at their sub-cell peaks.
     """
 
     uv: torch.Tensor
@@ -286,11 +289,12 @@ def _matches(descriptors: torch.Tensor, query_map: torch.Tensor, cells: torch.Te
              rival: torch.Tensor, config: MatchingConfig,
              known: tuple[torch.Tensor, torch.Tensor] | None = None) -> DenseMatches:
     """The matches at their cells' centres, moved by ``subcell_offsets`` where they pass the
-    ratio test at ``ratio`` or ``refit_ratio`` against their (N,) ``rival`` similarities;
+    ratio test at ``ratio`` or ``refit_ratio`` against their (N,) ``rival`` similarities (a
+    cosine may be negative, where the similarity form at a looser ratio is the stricter);
     ``known``: (N, K) cells whose (N, K) similarities were already computed."""
     keep = passes_ratio_test(best, rival, config)
-    loose = keep if config.refit_ratio is None else passes_ratio_test(best, rival, config, config.refit_ratio)
-    placed = keep | loose
+    loose = keep if config.refit_ratio is None else keep | passes_ratio_test(best, rival, config, config.refit_ratio)
+    placed = loose
     uv = _cells_to_uv(cells, query_map.shape[-1])
     if config.subcell:
         placed_known = None if known is None else (known[0][placed], known[1][placed])
