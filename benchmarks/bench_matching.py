@@ -11,7 +11,9 @@ settings locseg had before to its defaults:
 - ``+ sub-cell``: matches moved to their sub-cell similarity peak;
 - ``+ PnP 6 px, 1000 samples``: the PnP defaults;
 - ``+ refit ...``: the winning pose refitted over the matches of every retrieved
-  reference, and refinement over at most ``refine_points`` of its inliers: locseg's defaults.
+  reference, and refinement over at most ``refine_points`` of its inliers;
+- ``+ 10 references, refit at 0.95``: locseg's defaults (every step before it matches the
+  5 best-retrieved references, and refits, if at all, over RANSAC's own matches).
 
 Prints (and with --json writes) recall per condition at the three thresholds, the median
 milliseconds per query of matching, PnP and in total, and the median number of kept
@@ -48,15 +50,18 @@ from locseg.models.preprocess import load_image
 
 def settings() -> dict[str, LocalizeConfig]:
     default = LocalizeConfig()
+    # five references and the refit over RANSAC's own matches, as before both became the defaults
+    five = replace(default, top_k=5, matching=MatchingConfig())
     # the settings before the refit: refinement over every inlier of the winner
-    before_refit = replace(default, pnp=replace(default.pnp, refit=False), refine_points=0)
+    before_refit = replace(five, pnp=replace(five.pnp, refit=False), refine_points=0)
     before_pnp = replace(before_refit.pnp, max_error=12.0, max_iterations=10000)
     return {
         "dense": replace(before_refit, matching=MatchingConfig(method="dense", subcell=False), pnp=before_pnp),
         "coarse-to-fine": replace(before_refit, matching=MatchingConfig(subcell=False), pnp=before_pnp),
         "+ sub-cell": replace(before_refit, pnp=before_pnp),
         f"+ PnP {default.pnp.max_error:g} px, {default.pnp.max_iterations} samples": before_refit,
-        f"+ refit over all references, refinement on {default.refine_points} points": default,
+        f"+ refit over all references, refinement on {default.refine_points} points": five,
+        f"+ {default.top_k} references, refit at {default.matching.refit_ratio:g}": default,
     }
 
 

@@ -121,7 +121,11 @@ _MATCHING_SETTINGS_ADDED = {"ratio_test": "similarity", "refit_ratio": None}
 
 @dataclass(frozen=True)
 class LocalizeConfig:
-    """Everything that determines a localization run (recorded in the store and log)."""
+    """Everything that determines a localization run (recorded in the store and log).
+
+    Its default ``matching`` refits over the matches at ``DEFAULT_REFIT_RATIO``, which a
+    plain ``MatchingConfig()`` does not: build one with ``matching_config`` to keep it.
+    """
 
     weights: str = DEFAULT_WEIGHTS
     retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
