@@ -420,6 +420,7 @@ def test_multiscale_hypercolumns_are_matched_but_not_pooled_and_keep_their_own_s
     assert multi.global_id == single.global_id and multi.sparse_id != single.sparse_id
     assert "scales" not in single.sparse_id and "scales=0.8-1.0-1.25" in multi.sparse_id
     assert LocalizeConfig(hypercolumn_scales=[1]).digest() == LocalizeConfig().digest()
+    assert LocalizeConfig(hypercolumn_scales=(1.25, 1.0, 0.8)) == LocalizeConfig(hypercolumn_scales=(0.8, 1.0, 1.25))
     assert LocalizeConfig(hypercolumn_scales=(0.8, 1.0, 1.25)).digest() != LocalizeConfig().digest()
     with pytest.raises(InputError, match="hypercolumn scales must be positive"):
         LocalizeConfig(hypercolumn_scales=())

@@ -146,7 +146,9 @@ class LocalizeConfig:
     def __post_init__(self) -> None:
         check_normalization(self.hypercolumn_norm)
         object.__setattr__(self, "retrieval_scales", check_scales(self.retrieval_scales, "retrieval scales"))
-        object.__setattr__(self, "hypercolumn_scales", check_scales(self.hypercolumn_scales, "hypercolumn scales"))
+        # sorted: the averaged map does not depend on the order, so neither do its store id and digest
+        object.__setattr__(self, "hypercolumn_scales",
+                           tuple(sorted(check_scales(self.hypercolumn_scales, "hypercolumn scales"))))
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
