@@ -426,6 +426,23 @@ def test_multiscale_hypercolumns_are_matched_but_not_pooled_and_keep_their_own_s
         LocalizeConfig(hypercolumn_scales=())
 
 
+def test_a_scale_shared_by_retrieval_and_matching_costs_one_pass(monkeypatch):
+    import torch
+
+    from locseg.localize.pipeline import Models
+
+    shared = Models.load(LocalizeConfig(retrieval_scales=(1.0, 0.8), hypercolumn_scales=(0.8, 1.0)), device="cpu")
+    alone = Models.load(LocalizeConfig(hypercolumn_scales=(0.8, 1.0)), device="cpu")
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) - 0.5
+    passes = []
+    original = type(shared.hypercolumns).dense
+    monkeypatch.setattr(type(shared.hypercolumns), "dense", lambda net, images: passes.append(images.shape) or
+                        original(net, images))
+    dense_shared, _ = shared.describe(image)
+    assert passes == [(1, 3, 96, 128), (1, 3, 77, 102)]          # scale 1, then 0.8 once for both
+    torch.testing.assert_close(dense_shared, alone.describe(image)[0])
+
+
 def test_new_matching_settings_change_the_digest_only_when_they_change_the_behaviour():
     """Logs written before ``ratio_test`` and ``refit_ratio`` existed used the similarity form
     and refitted over the matches RANSAC saw; they stay reusable."""

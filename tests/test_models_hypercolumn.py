@@ -416,14 +416,16 @@ def test_a_single_plain_scale_is_the_plain_map_and_several_average_unit_maps(sli
     net = Hypercolumns(slim)
     plain = net.dense(images)
     assert torch.equal(net.dense_at_scales(images), plain)
-    assert torch.equal(net.dense_at_scales(images, (1.0,), plain=plain), plain)
+    assert torch.equal(net.dense_at_scales(images, (1.0,), computed={1.0: plain}), plain)
     twice = net.dense_at_scales(images, (1.0, 1.0))
     torch.testing.assert_close(twice, plain)
     several = net.dense_at_scales(images, (0.8, 1.0, 1.25))
     assert several.shape == plain.shape and several.permute(0, 2, 3, 1).is_contiguous()
     torch.testing.assert_close(several.norm(dim=1), torch.ones_like(several[:, 0]))
     larger = net.dense_at_scales(images, (1.25,))
-    torch.testing.assert_close(net.dense_at_scales(images, (1.0, 1.25), plain=plain),
+    torch.testing.assert_close(net.dense_at_scales(images, (1.0, 1.25), computed={1.0: plain}),
                                F.normalize(plain + larger, dim=1))
+    _, larger_pass = net.resized_dense(images, 1.25)          # a pass computed elsewhere is reused as it is
+    torch.testing.assert_close(net.dense_at_scales(images, (1.25,), computed={1.25: larger_pass}), larger)
     with pytest.raises(InputError, match="hypercolumn scales"):
         net.dense_at_scales(images, (1.0, 0.0))

@@ -53,7 +53,7 @@ from ..models.hypercolumn import (
 )
 from ..models.load import load_hypercolumns, weights_digest
 from ..models.netvlad import SINGLE_SCALE, check_scales, pool_scales
-from ..models.preprocess import load_image, prepare_image, resize_image
+from ..models.preprocess import load_image, prepare_image
 from ..models.weights import bundled_weights
 from ..models.weights_info import bundled_name_of
 from ..store import FeatureStore, model_id
@@ -241,15 +241,15 @@ class Models:
         where ``locseg.train.retrieval.describe`` resizes each image file once, so the two may
         differ by the second resampling."""
         image = image.to(module_device(self.hypercolumns))[None]
-        dense = self.hypercolumns.dense(image)
+        passes = {1.0: self.hypercolumns.dense(image)}     # dense maps by scale, one network pass each
         descriptors = []
         for scale in self.retrieval_scales:
             if scale == 1.0:
-                descriptors.append(self.describer(image, dense))
+                descriptors.append(self.describer(image, passes[1.0]))
                 continue
-            resized = resize_image(image, max_side=round(max(image.shape[-2:]) * scale), upsample=True)[0]
-            descriptors.append(self.describer(resized, self.hypercolumns.dense(resized)))
-        matched = self.hypercolumns.dense_at_scales(image, self.hypercolumn_scales, plain=dense)
+            resized, passes[scale] = self.hypercolumns.resized_dense(image, scale)
+            descriptors.append(self.describer(resized, passes[scale]))
+        matched = self.hypercolumns.dense_at_scales(image, self.hypercolumn_scales, computed=passes)
         return matched[0].cpu(), pool_scales(torch.stack(descriptors)).cpu()
 
 

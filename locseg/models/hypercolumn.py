@@ -53,7 +53,7 @@ plain map.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ from torch import nn
 
 from ..errors import InputError, ShapeError, check_shape
 from .backbone import VGG16
-from .preprocess import resize_image
+from .preprocess import resize_image, resized_size
 
 DEFAULT_LAYERS: tuple[int, ...] = (14, 17, 21, 24, 28)
 """relu3_2, pool3, relu4_2, pool4, relu5_2 outputs (S2DHM)."""
@@ -220,32 +220,48 @@ class Hypercolumns(nn.Module):
         maps = self.backbone.activations(images.clone(memory_format=torch.channels_last), self.layers)
         return self.assemble(maps, height, width)
 
+    @staticmethod
+    def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+        """(W', H') of an image of W x H resized by ``scale`` for a multi-scale pass: its
+        longer side ``round(scale · max(W, H))``, the aspect ratio kept (``resized_size``)."""
+        return resized_size(width, height, max_side=round(max(width, height) * scale), upsample=True)
+
+    def resized_dense(self, images: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` resized by ``scale`` (``scaled_size``) and their dense hypercolumns:
+        ((B, 3, H', W'), (B, C, H' / 4, W' / 4)). The one pass per scale that multi-scale
+        maps and multi-scale global descriptors share."""
+        height, width = images.shape[-2:]
+        resized, _ = resize_image(images, max_side=max(self.scaled_size(width, height, scale)), upsample=True)
+        return resized, self.dense(resized)
+
     def dense_at_scales(self, images: torch.Tensor, scales: Sequence[float] = SINGLE_SCALE,
-                        plain: torch.Tensor | None = None) -> torch.Tensor:
+                        computed: Mapping[float, torch.Tensor] | None = None) -> torch.Tensor:
         """Multi-scale dense hypercolumns on the 1/4 grid of ``images`` (module docstring).
 
         Args:
             images: (B, 3, H, W) as in ``dense``.
             scales: factors of the longer side, each costing a network pass at that size
                 (scale 1 included when listed; ``SINGLE_SCALE`` gives ``dense(images)``).
-            plain: ``dense(images)`` if already computed, reused for scale 1.
+            computed: dense maps already computed, by scale (``dense(images)`` for 1, the map
+                of ``resized_dense(images, s)`` for any other ``s``), which are reused.
         Returns:
             (B, C, floor(H / 4), floor(W / 4)), unit L2 norm along C, channels-last.
         """
         scales = check_scales(scales, "hypercolumn scales")
+        computed = computed or {}
         height, width = images.shape[-2:]
+        h4, w4 = height // STRIDE, width // STRIDE
         total = None
         for scale in scales:
             if scale == 1.0:
-                part = self.dense(images) if plain is None else plain
+                part = computed[1.0] if 1.0 in computed else self.dense(images)
             else:
-                resized, _ = resize_image(images, max_side=round(max(height, width) * scale), upsample=True)
-                factors = resized.new_tensor([resized.shape[-1] / width, resized.shape[-2] / height])
-                centres = grid_centers(height // STRIDE, width // STRIDE, STRIDE, dtype=resized.dtype,
-                                       device=resized.device).reshape(1, -1, 2) * factors
-                sampled = self.sample(self.dense(resized), centres.expand(len(images), -1, -1),
-                                      (resized.shape[-1], resized.shape[-2]))          # (B, h w, C)
-                part = sampled.reshape(len(images), height // STRIDE, width // STRIDE, -1).permute(0, 3, 1, 2)
+                dense = computed[scale] if scale in computed else self.resized_dense(images, scale)[1]
+                size = self.scaled_size(width, height, scale)                  # (W', H') of that pass's input
+                centres = grid_centers(h4, w4, STRIDE, dtype=dense.dtype, device=dense.device).reshape(1, -1, 2)
+                centres = centres * dense.new_tensor([size[0] / width, size[1] / height])
+                sampled = self.sample(dense, centres.expand(len(images), -1, -1), size)   # (B, h w, C)
+                part = sampled.reshape(len(images), h4, w4, -1).permute(0, 3, 1, 2)
             total = part if total is None else total + part
         if len(scales) == 1 and scales[0] == 1.0:
             return total
