@@ -73,6 +73,8 @@ def main() -> None:
                         help="a head trained on the hypercolumns of --weights")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
+    parser.add_argument("--reference-neighbours", type=int, default=LocalizeConfig.reference_neighbours,
+                        help="database-side augmentation of the retrieval ranking (0: none)")
     parser.add_argument("--top-k", type=int, default=LocalizeConfig.top_k,
                         help="retrieved references matched per query (SIFT matches against the same ones)")
     parser.add_argument("--hypercolumn-scales", type=float, nargs="+", default=list(LocalizeConfig.hypercolumn_scales),
@@ -88,6 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm, top_k=args.top_k,
+                            reference_neighbours=args.reference_neighbours,
                             retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
                             hypercolumn_scales=tuple(args.hypercolumn_scales),
                             matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test,

@@ -12,8 +12,10 @@ settings locseg had before to its defaults:
 - ``+ PnP 6 px, 1000 samples``: the PnP defaults;
 - ``+ refit ...``: the winning pose refitted over the matches of every retrieved
   reference, and refinement over at most ``refine_points`` of its inliers;
-- ``+ 10 references, refit at 0.95``: locseg's defaults (every step before it matches the
-  5 best-retrieved references, and refits, if at all, over RANSAC's own matches).
+- ``+ 10 references, refit at 0.95``: 10 best-retrieved references and the refit over the
+  matches at ratio 0.95 (every step before matches 5, and refits, if at all, over RANSAC's own);
+- ``+ references augmented ...``: the retrieval ranking's database-side augmentation:
+  locseg's defaults.
 
 Prints (and with --json writes) recall per condition at the three thresholds, the median
 milliseconds per query of matching, PnP and in total, and the median number of kept
@@ -51,7 +53,7 @@ from locseg.models.preprocess import load_image
 def settings() -> dict[str, LocalizeConfig]:
     default = LocalizeConfig()
     # five references and the refit over RANSAC's own matches, as before both became the defaults
-    five = replace(default, top_k=5, matching=MatchingConfig())
+    five = replace(default, top_k=5, matching=MatchingConfig(), reference_neighbours=0)
     # the settings before the refit: refinement over every inlier of the winner
     before_refit = replace(five, pnp=replace(five.pnp, refit=False), refine_points=0)
     before_pnp = replace(before_refit.pnp, max_error=12.0, max_iterations=10000)
@@ -61,7 +63,9 @@ def settings() -> dict[str, LocalizeConfig]:
         "+ sub-cell": replace(before_refit, pnp=before_pnp),
         f"+ PnP {default.pnp.max_error:g} px, {default.pnp.max_iterations} samples": before_refit,
         f"+ refit over all references, refinement on {default.refine_points} points": five,
-        f"+ {default.top_k} references, refit at {default.matching.refit_ratio:g}": default,
+        f"+ {default.top_k} references, refit at {default.matching.refit_ratio:g}": replace(default,
+                                                                                         reference_neighbours=0),
+        f"+ references augmented with {default.reference_neighbours} neighbours": default,
     }
 
 

@@ -36,19 +36,22 @@ def main() -> None:
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=None)
     parser.add_argument("--scales", type=float, nargs="+", default=list(SINGLE_SCALE),
                         help="describe every image at these multiples of --max-side and pool them (default: 1)")
+    parser.add_argument("--reference-neighbours", type=int, default=0,
+                        help="database-side augmentation of the references, as the localizer's option (0: none)")
     args = parser.parse_args()
     models = {head: load_retrieval_model(head, args.weights, normalization=args.hypercolumn_norm).eval()
               for head in args.heads}
-    print_recall_rows(models, args.streets, args.max_side, tuple(args.scales))
+    print_recall_rows(models, args.streets, args.max_side, tuple(args.scales), args.reference_neighbours)
 
 
 def print_recall_rows(models: dict[str, torch.nn.Module], streets: list[str], max_side: int,
-                      scales: tuple[float, ...] = SINGLE_SCALE) -> None:
+                      scales: tuple[float, ...] = SINGLE_SCALE, reference_neighbours: int = 0) -> None:
     """One Markdown row per street and model: recall@1 / @5 / @10 overall and per condition."""
     header = None
     for street in streets:
         for name, model in models.items():
-            recall = retrieval_recall(model, street, max_side=max_side, scales=scales)
+            recall = retrieval_recall(model, street, max_side=max_side, scales=scales,
+                                      reference_neighbours=reference_neighbours)
             if header is None:
                 header = list(recall)
                 print("| street | head | " + " | ".join(header) + " |")

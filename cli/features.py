@@ -36,13 +36,17 @@ from .progress import stage_progress
 @click.option("--max-side", type=click.IntRange(min=32), default=512, show_default=True)
 @click.option("--points", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Correspondences checked per image pair.")
+@click.option("--reference-neighbours", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Retrieval ranks references averaged with this many most similar ones, as the localizer does "
+                   "by default with 2 (0: plain NetVLAD).")
 @click.option("--figures", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Also draw the first pair of each condition into DIR/<condition>.png: {FIGURE_POINTS} true "
                    f"points and where their hypercolumns match, green within {THRESHOLD:g} px, red beyond.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @device_option
 def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str | None, backbone: str,
-                      hypercolumn_norm: str, hypercolumn_scales: tuple[float, ...], max_side: int, points: int, figures: Path | None, as_json: bool,
+                      hypercolumn_norm: str, hypercolumn_scales: tuple[float, ...], max_side: int, points: int,
+                      reference_neighbours: int, figures: Path | None, as_json: bool,
                       device: torch.device) -> None:
     """Matching precision of hypercolumns (within 4 px) and retrieval recall@1/5/10, per condition."""
     result: dict = {}
@@ -56,7 +60,8 @@ def evaluate_features(dataset: Path, weights: str | None, retrieval_weights: str
                                                                         scales=hypercolumn_scales)]
         if retrieval_weights:
             retrieval = load_retrieval_model(retrieval_weights, weights, backbone).to(device)
-            recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress)
+            recall = retrieval_recall(retrieval, dataset, max_side=max_side, progress=progress,
+                                      reference_neighbours=reference_neighbours)
             result["retrieval_recall"] = {c: [r[k] for k in (1, 5, 10)] for c, r in recall.items()}
     if as_json:
         click.echo(json.dumps(result))

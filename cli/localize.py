@@ -51,6 +51,9 @@ _DEFAULTS = LocalizeConfig()
               help="Query list: 'name MODEL WIDTH HEIGHT params...' per line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Results file 'name qw qx qy qz tx ty tz' [default: outputs/localize/<dataset>/results.txt].")
+@click.option("--reference-neighbours", type=click.IntRange(min=0), default=_DEFAULTS.reference_neighbours,
+              show_default=True,
+              help="Rank references by their descriptors averaged with this many most similar references (0: none).")
 @click.option("--top-k", type=click.IntRange(min=1), default=_DEFAULTS.top_k, show_default=True,
               help="Reference images retrieved per query.")
 @click.option("--weights", default=_DEFAULTS.weights, show_default=True,
@@ -99,7 +102,7 @@ _DEFAULTS = LocalizeConfig()
               help="Per-query JSON-lines log [default: --output with .log.jsonl]; a rerun reuses its queries.")
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
-             output: Path | None, top_k: int, weights: str, retrieval_weights: str,
+             output: Path | None, reference_neighbours: int, top_k: int, weights: str, retrieval_weights: str,
              retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
              hypercolumn_norm: str, matching: str, ratio: float | None, ratio_test: str,
              refit_ratio: float,
@@ -113,6 +116,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
                             retrieval_scales=retrieval_scales, hypercolumn_scales=hypercolumn_scales,
                             backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,
+                            reference_neighbours=reference_neighbours,
                             matching=matching_config(weights, matching, ratio, ratio_test, refit_ratio),
                             pnp=PnPConfig(estimator=estimator, refit=not no_refit),
                             refine=None if no_refine else RefineConfig(loss=refine_loss,

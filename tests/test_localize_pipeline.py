@@ -444,13 +444,18 @@ def test_a_scale_shared_by_retrieval_and_matching_costs_one_pass(monkeypatch):
 
 
 def test_new_matching_settings_change_the_digest_only_when_they_change_the_behaviour():
-    """Logs written before ``ratio_test`` and ``refit_ratio`` existed used the similarity form
-    and refitted over the matches RANSAC saw; they stay reusable."""
-    similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity", refit_ratio=None))
+    """Logs written before ``ratio_test``, ``refit_ratio`` and ``reference_neighbours`` existed
+    used the similarity form, refitted over the matches RANSAC saw and ranked plain references;
+    they stay reusable."""
+    similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity", refit_ratio=None),
+                                reference_neighbours=0)
     before = LocalizeConfig().to_dict()              # the settings as a single-scale run hashed them before
-    del before["retrieval_scales"], before["hypercolumn_scales"]
+    del before["retrieval_scales"], before["hypercolumn_scales"], before["reference_neighbours"]
     del before["matching"]["ratio_test"], before["matching"]["refit_ratio"]
     old_digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert similarity.digest() == old_digest
     assert LocalizeConfig(matching=MatchingConfig(ratio_test="distance")).digest() != old_digest
     assert LocalizeConfig(matching=MatchingConfig(refit_ratio=1.0)).digest() != old_digest
+    assert LocalizeConfig(reference_neighbours=2).digest() != LocalizeConfig(reference_neighbours=0).digest()
+    with pytest.raises(InputError, match="reference_neighbours"):
+        LocalizeConfig(reference_neighbours=-1)

@@ -103,3 +103,39 @@ def test_nearly_parallel_descriptors_still_spread():
     descriptors = layer(maps)
     distances = torch.cdist(descriptors, descriptors)[~torch.eye(6, dtype=torch.bool)]
     assert distances.min() > 0.3
+
+
+# ----------------------------------------------------------------------------- database-side augmentation
+def test_augmented_references_average_their_nearest_neighbours_by_similarity_cubed():
+    from locseg.localize.retrieval import augment_references
+
+    references = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64),
+                             dim=1)
+    assert torch.equal(augment_references(references, 0), references)
+    augmented = augment_references(references, 1)
+    # reference 0's nearest other is 1 (cosine 0.8), and 1's is 0; 2 is orthogonal to both (weight 0)
+    expected = F.normalize(torch.stack([references[0] + 0.8 ** 3 * references[1],
+                                        references[1] + 0.8 ** 3 * references[0],
+                                        references[2]]), dim=1)
+    torch.testing.assert_close(augmented, expected)
+    torch.testing.assert_close(augment_references(references, 5), augment_references(references, 2))   # N - 1 at most
+    with pytest.raises(InputError, match="neighbours"):
+        augment_references(references, -1)
+
+
+def test_a_reference_seen_by_its_neighbours_ranks_above_a_look_alike_whose_neighbour_is_not():
+    """Two views of the query's place (0, 1) and a look-alike (2) whose nearest other view (3)
+    turns away from the query: plain ranking picks the look-alike, the augmented ranking the
+    place, whose views agree."""
+    from locseg.localize.retrieval import rank_references, reference_index
+
+    def unit(values):
+        return F.normalize(torch.tensor(values, dtype=torch.float64), dim=-1)
+
+    references = unit([[1.0, 0.2, 0.0, 0.0], [1.0, -0.2, 0.0, 0.0], [1.0, 0.0, 0.3, 0.0], [1.0, 0.0, 0.3, 0.3]])
+    query = unit([[1.0, 0.0, 0.12, -0.1]])
+    assert rank_references(query, references, 1, None).indices.item() == 2
+    assert rank_references(query, references, 1, None, neighbours=1).indices.item() in (0, 1)
+    index = reference_index(references, None, 1)
+    assert torch.equal(rank_references(query, references, 4, None, index=index).indices,
+                       rank_references(query, references, 4, None, neighbours=1).indices)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..io.poses import read_poses
 from ..io.queries import condition_of
+from ..localize.retrieval import augment_references
 from ..models.netvlad import SINGLE_SCALE, PCAWhitening, recall_at, top_k
 from ..train.retrieval import RetrievalModel, describe, same_place
 
@@ -24,11 +25,14 @@ from ..train.retrieval import RetrievalModel, describe, same_place
 def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 512, radius: float = 5.0,
                      angle: float = 30.0, ks: tuple[int, ...] = (1, 5, 10), whiten: bool = True,
                      whitening_dim: int = 64, scales: tuple[float, ...] = SINGLE_SCALE,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[int, float]]:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     reference_neighbours: int = 0) -> dict[str, dict[int, float]]:
     """``{condition: {k: recall %}}`` with an ``"all"`` entry first.
 
     ``scales``: queries and references are described at these multiples of
-    ``max_side`` (``locseg.train.retrieval.describe``)."""
+    ``max_side`` (``locseg.train.retrieval.describe``). ``reference_neighbours``: the
+    database-side augmentation of the whitened references, as the localizer ranks them
+    (``locseg.localize.retrieval.augment_references``)."""
     street = Path(street)
     reference = read_poses(street / "ground_truth" / "reference.txt")
     queries = read_poses(street / "ground_truth" / "queries.txt")
@@ -42,6 +46,7 @@ def retrieval_recall(model: RetrievalModel, street: str | Path, max_side: int = 
         # a regular simplex and ranks queries by their noise.
         whitening = PCAWhitening().fit(db, dim=min(whitening_dim, max(1, len(db) // 2)))
         db, q = whitening(db), whitening(q)
+    db = augment_references(db, reference_neighbours)
     _, ranked = top_k(q, db, max(ks))
     centres = np.stack([reference[n].center.double().numpy() for n in ref_names])
     forward = np.stack([reference[n].R[2].double().numpy() for n in ref_names])

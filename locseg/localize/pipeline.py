@@ -66,6 +66,7 @@ from .retrieval import (
     fit_whitening,
     load_global_describer,
     rank_references,
+    reference_index,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -84,6 +85,9 @@ FEW_KEPT = 0.05
 # those at 0.95, among the 10 best-retrieved references. Street 5 chose them over 5 references and no looser refit, and
 # both test streets confirmed it (benchmarks/RESULTS.md, "Ten references and a guided refit").
 DEFAULT_REFIT_RATIO = 0.95
+# Each reference's whitened global descriptor averaged with its 2 most similar references' before ranking: street 5
+# chose it, and both test streets confirmed it (benchmarks/RESULTS.md, "Database-side augmentation").
+DEFAULT_REFERENCE_NEIGHBOURS = 2
 
 
 def default_ratio(weights: str, method: str = MatchingConfig.method,
@@ -117,6 +121,8 @@ def matching_config(weights: str, method: str = MatchingConfig.method, ratio: fl
 
 # MatchingConfig fields added after logs were first written, with the behaviour before them.
 _MATCHING_SETTINGS_ADDED = {"ratio_test": "similarity", "refit_ratio": None}
+# LocalizeConfig fields added after logs were first written, with the behaviour before them.
+_SETTINGS_ADDED = {"reference_neighbours": 0}
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class LocalizeConfig:
     top_k: int = 10                 # retrieved references matched per query
     max_points: int = 2048          # reference observations matched per image (0: all)
     whitening_dim: int = 64
+    reference_neighbours: int = DEFAULT_REFERENCE_NEIGHBOURS   # augmentation of the ranking (localize.retrieval)
     retrieval_scales: tuple[float, ...] = SINGLE_SCALE   # multiples of max_side pooled into a global descriptor
     hypercolumn_scales: tuple[float, ...] = SINGLE_SCALE  # of the maps matched and refined (dense_at_scales)
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(refit_ratio=DEFAULT_REFIT_RATIO))
@@ -149,6 +156,8 @@ class LocalizeConfig:
         # sorted: the averaged map does not depend on the order, so neither do its store id and digest
         object.__setattr__(self, "hypercolumn_scales",
                            tuple(sorted(check_scales(self.hypercolumn_scales, "hypercolumn scales"))))
+        if self.reference_neighbours < 0:
+            raise InputError(f"reference_neighbours must be >= 0, got {self.reference_neighbours}")
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_points < 0:
@@ -179,6 +188,9 @@ class LocalizeConfig:
         for key, before in _MATCHING_SETTINGS_ADDED.items():
             if settings["matching"][key] == before:
                 del settings["matching"][key]
+        for key, before in _SETTINGS_ADDED.items():
+            if settings[key] == before:
+                del settings[key]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -361,6 +373,7 @@ class Localizer:
         self.global_descriptors = torch.from_numpy(np.stack(
             [store.get_global(models.global_id, n) for n in names])).double()
         self.whitening = fit_whitening(self.global_descriptors, config.whitening_dim)
+        self.reference_index = reference_index(self.global_descriptors, self.whitening, config.reference_neighbours)
         self.projection = None
         self._projected: dict[str, torch.Tensor] = {}   # reference name -> (N, d) projected descriptors
         if config.matching.method == "coarse-to-fine":
@@ -405,7 +418,7 @@ class Localizer:
 
         clock = time.perf_counter()
         ranking = rank_references(descriptor[None].double(), self.global_descriptors, self.config.top_k,
-                                  self.whitening)
+                                  self.whitening, index=self.reference_index)
         retrieved = [self.reference.names[i] for i in ranking.indices[0].tolist()]
         timing["retrieval"] = time.perf_counter() - clock
 

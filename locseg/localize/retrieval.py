@@ -13,7 +13,10 @@ hypercolumn backbone), and the metadata key ``"source"`` naming the pooled map.
 Reference descriptors are PCA-whitened with a whitening fitted on the references
 themselves (at most ``whitening_dim`` axes, and at most half the number of
 references: whitening all N − 1 axes of N samples ranks queries by their noise),
-then queries are ranked by cosine similarity.
+then queries are ranked by cosine similarity. With ``neighbours`` > 0, each whitened
+reference descriptor is first averaged with those of its ``neighbours`` most similar
+references, weighted by similarity cubed, and normalised again (database-side
+augmentation): a place seen from neighbouring frames describes itself by all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError, RegistryError
 from ..models.backbone import VGG16
@@ -121,15 +125,46 @@ def fit_whitening(references: torch.Tensor, whitening_dim: int = 64) -> PCAWhite
     return PCAWhitening().fit(references.double(), dim=min(whitening_dim, len(references) // 2))
 
 
+AUGMENTATION_POWER = 3   # weight of a neighbour: its cosine similarity to the reference, cubed
+
+
+def augment_references(references: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """(N, D) unit descriptors, each averaged with its ``neighbours`` most similar others
+    (weights: similarity³, clamped at 0; itself weighs 1), normalised again; as they are
+    for 0 neighbours."""
+    if neighbours < 0:
+        raise InputError(f"neighbours must be >= 0, got {neighbours}")
+    if neighbours == 0 or len(references) < 2:
+        return references
+    similarity = references @ references.T
+    similarity.fill_diagonal_(-float("inf"))                    # itself is added with weight 1 below
+    values, indices = similarity.topk(min(neighbours, len(references) - 1), dim=1)
+    weights = values.clamp_min(0) ** AUGMENTATION_POWER
+    return F.normalize(references + (weights[..., None] * references[indices]).sum(1), dim=1)
+
+
+def reference_index(references: torch.Tensor, whitening: PCAWhitening | None, neighbours: int = 0) -> torch.Tensor:
+    """(N, D') what queries are ranked against: the references' raw (N, D) global descriptors,
+    whitened (unless ``whitening`` is None) and augmented with ``neighbours`` (module docstring)."""
+    if whitening is not None:
+        references = whitening(references.double())
+    return augment_references(references, neighbours)
+
+
 def rank_references(queries: torch.Tensor, references: torch.Tensor, k: int,
-                    whitening: PCAWhitening | None) -> Ranking:
+                    whitening: PCAWhitening | None, neighbours: int = 0,
+                    index: torch.Tensor | None = None) -> Ranking:
     """The top ``k`` references of each query.
 
     Args:
         queries: (Q, D) and references (N, D) raw global descriptors.
         whitening: fitted on the references, or None to rank raw descriptors.
+        neighbours: of the database-side augmentation (``reference_index``).
+        index: ``reference_index(references, whitening, neighbours)`` if already computed.
     """
+    if index is None:
+        index = reference_index(references, whitening, neighbours)
     if whitening is not None:
-        queries, references = whitening(queries.double()), whitening(references.double())
-    scores, indices = top_k(queries, references, k)
+        queries = whitening(queries.double())
+    scores, indices = top_k(queries, index, k)
     return Ranking(indices, scores)
