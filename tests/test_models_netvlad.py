@@ -106,7 +106,7 @@ def test_nearly_parallel_descriptors_still_spread():
 
 
 # ----------------------------------------------------------------------------- database-side augmentation
-def test_augmented_references_average_their_nearest_neighbours_by_similarity_cubed():
+def test_augmented_references_average_their_nearest_neighbours_by_similarity_cubed(monkeypatch):
     from locseg.localize.retrieval import augment_references
 
     references = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64),
@@ -119,6 +119,10 @@ def test_augmented_references_average_their_nearest_neighbours_by_similarity_cub
                                         references[2]]), dim=1)
     torch.testing.assert_close(augmented, expected)
     torch.testing.assert_close(augment_references(references, 5), augment_references(references, 2))   # N - 1 at most
+    many = F.normalize(torch.randn(300, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64), dim=1)
+    whole = augment_references(many, 3)
+    monkeypatch.setattr("locseg.localize.retrieval.AUGMENTATION_ROWS", 64)   # in blocks of rows: the same
+    torch.testing.assert_close(augment_references(many, 3), whole)
     with pytest.raises(InputError, match="neighbours"):
         augment_references(references, -1)
 
@@ -139,3 +143,5 @@ def test_a_reference_seen_by_its_neighbours_ranks_above_a_look_alike_whose_neigh
     index = reference_index(references, None, 1)
     assert torch.equal(rank_references(query, references, 4, None, index=index).indices,
                        rank_references(query, references, 4, None, neighbours=1).indices)
+    with pytest.raises(InputError, match="not both"):
+        rank_references(query, references, 4, None, neighbours=1, index=index)

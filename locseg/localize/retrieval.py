@@ -126,6 +126,7 @@ def fit_whitening(references: torch.Tensor, whitening_dim: int = 64) -> PCAWhite
 
 
 AUGMENTATION_POWER = 3   # weight of a neighbour: its cosine similarity to the reference, cubed
+AUGMENTATION_ROWS = 2048  # references whose neighbours are found at once
 
 
 def augment_references(references: torch.Tensor, neighbours: int) -> torch.Tensor:
@@ -136,11 +137,17 @@ def augment_references(references: torch.Tensor, neighbours: int) -> torch.Tenso
         raise InputError(f"neighbours must be >= 0, got {neighbours}")
     if neighbours == 0 or len(references) < 2:
         return references
-    similarity = references @ references.T
-    similarity.fill_diagonal_(-float("inf"))                    # itself is added with weight 1 below
-    values, indices = similarity.topk(min(neighbours, len(references) - 1), dim=1)
-    weights = values.clamp_min(0) ** AUGMENTATION_POWER
-    return F.normalize(references + (weights[..., None] * references[indices]).sum(1), dim=1)
+    count = min(neighbours, len(references) - 1)
+    augmented = []
+    for start in range(0, len(references), AUGMENTATION_ROWS):      # memory: AUGMENTATION_ROWS x N similarities
+        rows = references[start:start + AUGMENTATION_ROWS]
+        similarity = rows @ references.T
+        own = torch.arange(len(rows), device=rows.device)
+        similarity[own, start + own] = -float("inf")               # itself is added with weight 1 below
+        values, indices = similarity.topk(count, dim=1)
+        weights = values.clamp_min(0) ** AUGMENTATION_POWER
+        augmented.append(rows + (weights[..., None] * references[indices]).sum(1))
+    return F.normalize(torch.cat(augmented), dim=1)
 
 
 def reference_index(references: torch.Tensor, whitening: PCAWhitening | None, neighbours: int = 0) -> torch.Tensor:
@@ -160,8 +167,11 @@ def rank_references(queries: torch.Tensor, references: torch.Tensor, k: int,
         queries: (Q, D) and references (N, D) raw global descriptors.
         whitening: fitted on the references, or None to rank raw descriptors.
         neighbours: of the database-side augmentation (``reference_index``).
-        index: ``reference_index(references, whitening, neighbours)`` if already computed.
+        index: ``reference_index(references, whitening, neighbours)`` if already computed
+            (then ``neighbours`` is the index's business and must be left at 0).
     """
+    if index is not None and neighbours:
+        raise InputError("give rank_references either neighbours or a precomputed index, not both")
     if index is None:
         index = reference_index(references, whitening, neighbours)
     if whitening is not None:
