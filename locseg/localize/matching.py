@@ -294,12 +294,10 @@ def _matches(descriptors: torch.Tensor, query_map: torch.Tensor, cells: torch.Te
     ``known``: (N, K) cells whose (N, K) similarities were already computed."""
     keep = passes_ratio_test(best, rival, config)
     loose = keep if config.refit_ratio is None else keep | passes_ratio_test(best, rival, config, config.refit_ratio)
-    placed = loose
     uv = _cells_to_uv(cells, query_map.shape[-1])
-    if config.subcell:
-        placed_known = None if known is None else (known[0][placed], known[1][placed])
-        uv[placed] += subcell_offsets(descriptors[placed], query_map, cells[placed], best[placed],
-                                      placed_known) * STRIDE
+    if config.subcell:   # every match a pose may use: ``loose`` holds ``keep``
+        loose_known = None if known is None else (known[0][loose], known[1][loose])
+        uv[loose] += subcell_offsets(descriptors[loose], query_map, cells[loose], best[loose], loose_known) * STRIDE
     return DenseMatches(uv, best, keep, loose)
 
 

@@ -119,10 +119,11 @@ def matching_config(weights: str, method: str = MatchingConfig.method, ratio: fl
                           ratio_test=ratio_test, refit_ratio=refit_ratio)
 
 
-# MatchingConfig fields added after logs were first written, with the behaviour before them.
-_MATCHING_SETTINGS_ADDED = {"ratio_test": "similarity", "refit_ratio": None}
-# LocalizeConfig fields added after logs were first written, with the behaviour before them.
-_SETTINGS_ADDED = {"reference_neighbours": 0}
+# Settings added after logs were first written, by their path in ``LocalizeConfig.to_dict()``, with the value that
+# behaves as locseg did before them: at that value they stay out of the digest, so older logs stay reusable.
+_SETTINGS_ADDED = {("retrieval_scales",): list(SINGLE_SCALE), ("hypercolumn_scales",): list(SINGLE_SCALE),
+                   ("reference_neighbours",): 0,
+                   ("matching", "ratio_test"): "similarity", ("matching", "refit_ratio"): None}
 
 
 @dataclass(frozen=True)
@@ -176,21 +177,16 @@ class LocalizeConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """Short hash of the settings that change a query's result. Single-scale retrieval and
-        hypercolumns, and matching settings as they were before they could be changed
-        (``_MATCHING_SETTINGS_ADDED``), leave it as it was before those settings existed, so older
-        logs stay reusable."""
+        """Short hash of the settings that change a query's result. Settings added later
+        (``_SETTINGS_ADDED``) count only where they differ from how locseg behaved before them,
+        so older logs stay reusable."""
         settings = self.to_dict()
-        if not self.multiscale:
-            del settings["retrieval_scales"]
-        if self.hypercolumn_scales == SINGLE_SCALE:
-            del settings["hypercolumn_scales"]
-        for key, before in _MATCHING_SETTINGS_ADDED.items():
-            if settings["matching"][key] == before:
-                del settings["matching"][key]
-        for key, before in _SETTINGS_ADDED.items():
-            if settings[key] == before:
-                del settings[key]
+        for (*parents, key), before in _SETTINGS_ADDED.items():
+            owner = settings
+            for parent in parents:
+                owner = owner[parent]
+            if owner[key] == before:
+                del owner[key]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
