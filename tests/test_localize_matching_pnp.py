@@ -91,18 +91,22 @@ def test_distance_ratio_test_keeps_a_distinct_peak_among_crowded_cosines(method)
     assert forms["distance"].uv[0].tolist() == [4 * 4 + 2, 9 * 4 + 2]
 
 
-@pytest.mark.parametrize("method, ratio, refit_ratio", [("dense", 0.9, 0.97), ("coarse-to-fine", 0.6, 0.7)])
-def test_the_refit_ratio_marks_a_looser_superset_placed_at_sub_cell_peaks(method, ratio, refit_ratio):
+@pytest.mark.parametrize("method, form, ratio, refit_ratio", [
+    ("dense", "similarity", 0.9, 0.97), ("coarse-to-fine", "similarity", 0.6, 0.7),
+    ("dense", "distance", 0.8, 0.9), ("coarse-to-fine", "distance", 0.8, 0.9)])
+def test_the_refit_ratio_marks_a_looser_superset_placed_at_sub_cell_peaks(method, form, ratio, refit_ratio):
     """``loose`` holds what the test keeps at ``refit_ratio``, a superset of ``keep``, placed
-    at the same sub-cell peaks as a plain run at that ratio would place them."""
+    at the same sub-cell peaks as a plain run at that ratio would place them, in either form
+    of the ratio test."""
     query_map = _smooth_map(32, 24, 32, seed=6)
     descriptors = torch.nn.functional.normalize(
         query_map[:, 3:21, 4:28].flatten(1).T + 0.3 * torch.randn(432, 32, generator=torch.Generator().manual_seed(7)),
         dim=1)
-    strict = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio=ratio))
-    both = match_sparse_to_dense(descriptors, query_map,
-                                 MatchingConfig(method=method, ratio=ratio, refit_ratio=refit_ratio))
-    looser = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio=refit_ratio))
+    strict = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio_test=form, ratio=ratio))
+    both = match_sparse_to_dense(descriptors, query_map, MatchingConfig(method=method, ratio_test=form, ratio=ratio,
+                                                                        refit_ratio=refit_ratio))
+    looser = match_sparse_to_dense(descriptors, query_map,
+                                   MatchingConfig(method=method, ratio_test=form, ratio=refit_ratio))
     assert torch.equal(strict.keep, strict.loose) and torch.equal(both.keep, strict.keep)
     assert torch.equal(both.loose, looser.keep) and 0 < both.keep.sum() < both.loose.sum() < len(descriptors)
     torch.testing.assert_close(both.uv[both.loose], looser.uv[looser.keep])

@@ -303,10 +303,13 @@ def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(r
         LocalizeConfig(refine_points=3)
 
 
-def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run):
-    """With ``refit_ratio`` 1, RANSAC sees exactly the matches of the plain run (same counts,
-    inliers and winner), and the refit draws on nearly every map point, so the winner ends
-    with more inliers, and its pose stays within the plain one's accuracy."""
+@pytest.mark.parametrize("method, form", [("coarse-to-fine", "similarity"), ("dense", "similarity"),
+                                          ("coarse-to-fine", "distance")])
+def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run, method, form):
+    """With ``refit_ratio`` 1, RANSAC sees exactly the matches of a run without one (same
+    counts, inliers and winner), and the refit draws on nearly every map point, so the winner
+    ends with more inliers, and its pose stays within the plain one's accuracy: for both
+    matching methods and both forms of the ratio test."""
     from dataclasses import replace
 
     from locseg.evaluate.pose import pose_errors
@@ -316,12 +319,13 @@ def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run):
 
     street, reference, queries, out, _ = run
     truth = read_poses(street / "ground_truth" / "queries.txt")
-    looser = replace(CONFIG, matching=replace(CONFIG.matching, refit_ratio=1.0))
+    plain_config = replace(CONFIG, matching=replace(CONFIG.matching, method=method, ratio_test=form, refit_ratio=None))
+    looser = replace(plain_config, matching=replace(plain_config.matching, refit_ratio=1.0))
     models = pipeline.Models.load(CONFIG)
     name, camera = next((n, c) for n, c in queries if n.startswith("sun/"))
     image = load_image(street / "images" / name)
     with FeatureStore(out / "features.h5", mode="r") as store:
-        plain = pipeline.Localizer(reference, models, store, CONFIG).search(image, camera)
+        plain = pipeline.Localizer(reference, models, store, plain_config).search(image, camera)
         loose = pipeline.Localizer(reference, models, store, looser).search(image, camera)
     assert (loose.matches, loose.inliers, loose.best.reference) == (plain.matches, plain.inliers, plain.best.reference)
     assert len(loose.best.points3D) > len(plain.best.points3D)
@@ -329,7 +333,7 @@ def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run):
     assert errors[1] < max(2 * errors[0], 0.25), errors     # metres
     without_refit = replace(looser, pnp=replace(looser.pnp, refit=False))
     assert without_refit.matching.refit_ratio is None     # nothing is refitted over the looser matches
-    assert without_refit.digest() == replace(CONFIG, pnp=replace(CONFIG.pnp, refit=False)).digest()
+    assert without_refit.digest() == replace(plain_config, pnp=replace(CONFIG.pnp, refit=False)).digest()
 
 
 def test_the_config_names_the_valid_hypercolumn_normalisations():
