@@ -216,7 +216,7 @@ def test_a_step_on_images_the_strides_do_not_divide():
                                   "synthseasons-slim-dmcgn-v5", "synthseasons-slim-dmcgn-v6",
                                   "synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v8",
                                   "synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v10",
-                                  "synthseasons-slim-dmcgn-v11"])
+                                  "synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v12"])
 def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
@@ -240,6 +240,7 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     ("synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v8", 6, 0.0125),
     ("synthseasons-slim-dmcgn-v10", "synthseasons-slim-dmcgn-v9", 7, 0.00625),
     ("synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v10", 8, 0.003125),
+    ("synthseasons-slim-dmcgn-v12", "synthseasons-slim-dmcgn-v11", 10, 0.003125),
 ])
 def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temperature):
     """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``
