@@ -197,6 +197,7 @@ def test_the_ratio_test_follows_the_hypercolumn_weights(tmp_path):
 
     v11 = bundled_weights("synthseasons-slim-dmcgn-v11")
     assert default_ratio("synthseasons-slim-dmcgn-v10") == default_ratio("synthseasons-slim-dmcgn-v11") == 1.0
+    assert default_ratio("synthseasons-slim-dmcgn-v12") == 1.0    # as sharp as v11 (RESULTS, v12)
     assert default_ratio(str(v11.path)) == 1.0
     assert default_ratio("synthseasons-slim-dmcgn-v11", "dense") == MatchingConfig.ratio
     assert default_ratio("synthseasons-slim-dmcgn-v11", ratio_test="distance") == MatchingConfig.ratio
@@ -304,7 +305,7 @@ def test_the_refit_pools_references_and_refinement_takes_at_most_refine_points(r
 
 
 @pytest.mark.parametrize("method, form", [("coarse-to-fine", "similarity"), ("dense", "similarity"),
-                                          ("coarse-to-fine", "distance")])
+                                          ("coarse-to-fine", "distance"), ("dense", "distance")])
 def test_a_looser_refit_ratio_keeps_ransacs_matches_and_refits_over_more(run, method, form):
     """With ``refit_ratio`` 1, RANSAC sees exactly the matches of a run without one (same
     counts, inliers and winner), and the refit draws on nearly every map point, so the winner

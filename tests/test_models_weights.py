@@ -414,12 +414,3 @@ def test_a_summary_lists_what_each_trainer_records_as_its_data(tmp_path, sources
     assert summary.trained_on == folders
     assert (summary.metadata["model"], summary.metadata["classes"]) == ({"classes": 19}, ["road"])
 
-
-def test_no_bundled_file_records_a_path_of_the_machine_it_was_trained_on():
-    """The training folders a bundled file names (its ``sources``) are relative to the
-    repository, so the header says which streets without leaking a home directory."""
-    for name in bundled_names():
-        path = resolve_weights(name)
-        metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
-        folders = json.loads(metadata.get("sources", "{}")).get("folders", [])
-        assert all(not Path(p).is_absolute() for folder in folders for p in folder), name

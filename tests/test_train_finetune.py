@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,6 +260,35 @@ def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temper
     assert (recipe["lr"], recipe["lr_schedule"], recipe["iterations"]) == (3e-4, "cosine", 2000)
     assert recipe["loss"]["dense_weight"] == 1 and recipe["loss"]["gn_weight"] == 0.5
     assert recipe["loss"]["dense_temperature"] == temperature
+
+
+def test_no_bundled_file_records_a_path_of_the_machine_it_was_trained_on():
+    """Every folder a bundled file names as its training data (its ``sources``: the
+    correspondence and image folders of ``finetune-features``, the streets of
+    ``train-retrieval``, the datasets of ``train-seg``) is relative to the repository, so the
+    header says which data without leaking a home directory."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict | list):
+            for item in value.values() if isinstance(value, dict) else value:
+                yield from strings(item)
+
+    from locseg.models.weights import (
+        bundled_names,
+        read_safetensors_metadata,
+        resolve_weights,
+    )
+
+    recorded = {}
+    for name in bundled_names():
+        path = resolve_weights(name)
+        metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
+        if "sources" in metadata:
+            recorded[name] = list(strings(json.loads(metadata["sources"])))
+    assert recorded.get("synthseasons-slim-dmcgn-v12")
+    for name, paths in recorded.items():
+        assert not [p for p in paths if Path(p).is_absolute()], name
 
 
 def test_a_continued_run_mines_where_the_earlier_runs_stopped(monkeypatch):
