@@ -269,18 +269,14 @@ def test_no_bundled_file_records_a_path_of_the_machine_it_was_trained_on():
     correspondence and image folders of ``finetune-features``, the streets of
     ``train-retrieval``, the datasets of ``train-seg``) is relative to the repository, so the
     header says which data without leaking a home directory."""
+    from locseg.models.weights import bundled_names, resolve_weights
+
     def strings(value):
         if isinstance(value, str):
             yield value
         elif isinstance(value, dict | list):
             for item in value.values() if isinstance(value, dict) else value:
                 yield from strings(item)
-
-    from locseg.models.weights import (
-        bundled_names,
-        read_safetensors_metadata,
-        resolve_weights,
-    )
 
     recorded = {}
     for name in bundled_names():
