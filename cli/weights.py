@@ -1,16 +1,19 @@
-"""``locseg weights``: the bundled weights, or what one weight file is and how it was trained."""
+"""``locseg weights``: the bundled weights, or what one weight file is and how it was trained;
+``locseg bundle-weights``: a trained file made ready for ``assets/``."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from locseg.localize.pipeline import DEFAULT_RETRIEVAL_WEIGHTS, DEFAULT_WEIGHTS
-from locseg.models.weights import bundled_names, bundled_weights
+from locseg.models.bundle import bundle_weights
+from locseg.models.weights import bundled_names, bundled_weights, file_sha256
 from locseg.models.weights_info import WeightsSummary, summarize_weights
 
 DEFAULTS = {DEFAULT_WEIGHTS: "localize --weights", DEFAULT_RETRIEVAL_WEIGHTS: "localize --retrieval-weights"}
@@ -81,6 +84,21 @@ def _describe(summary: WeightsSummary) -> None:
     Console().print(table)
 
 
+@click.command("bundle-weights")
+@click.argument("source")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--relative-to", type=click.Path(exists=True, file_okay=False, path_type=Path), default=".",
+              show_default=True, help="The folder (the repository) that the recorded paths are made relative to.")
+def bundle_weights_command(source: str, output: Path, relative_to: Path) -> None:
+    """Copy SOURCE, a safetensors file a locseg run exported, to OUTPUT for assets/.
+
+    The paths its header records (the training data in `sources`, any path in `recipe`) are
+    made relative to --relative-to; a path outside it is refused. The tensors are copied
+    unchanged, and the same SOURCE always gives the same bytes. Prints the sha256 to register."""
+    path = bundle_weights(source, output, relative_to)
+    click.echo(f"{path}  sha256 {file_sha256(path)}  {path.stat().st_size} bytes")
+
+
 def _natural(name: str) -> list:
     """A sort key that puts ``v9`` before ``v10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -95,4 +113,4 @@ def _flat(record: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-COMMANDS = [weights]
+COMMANDS = [weights, bundle_weights_command]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import tomllib
+import torch
 from click.testing import CliRunner
 from locseg_cli.main import cli
 
@@ -85,6 +86,27 @@ def test_weights_lists_the_bundled_ones_and_describes_one():
     assert any("ratio test" in line and "1 " in line for line in run("weights", "synthseasons-slim-dmcgn-v11").output
                .splitlines())
     assert "ratio test" not in run("weights", DEFAULT_WEIGHTS).output
+
+
+def test_bundle_weights_prints_the_digest_to_register_and_refuses_paths_outside(tmp_path):
+    from locseg.models.weights import (
+        file_sha256,
+        read_safetensors_metadata,
+        save_safetensors,
+    )
+
+    folder = tmp_path / "repo" / "train-0"
+    folder.mkdir(parents=True)
+    source = save_safetensors({"w": torch.ones(2)}, tmp_path / "run.safetensors",
+                              metadata={"sources": json.dumps({"streets": [str(folder)]})})
+    out = run("bundle-weights", source, tmp_path / "b.safetensors", "--relative-to", tmp_path / "repo")
+    assert out.exit_code == 0, out.output
+    assert f"sha256 {file_sha256(tmp_path / 'b.safetensors')}" in out.output
+    assert json.loads(read_safetensors_metadata(tmp_path / "b.safetensors")["sources"]) == {"streets": ["train-0"]}
+    (tmp_path / "other").mkdir()
+    out = run("bundle-weights", source, tmp_path / "c.safetensors", "--relative-to", tmp_path / "other")
+    assert out.exit_code == 2 and "outside" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_weights_of_an_unknown_name_fail_listing_the_valid_ones():

@@ -257,6 +257,56 @@ def test_save_safetensors_refuses_bad_input(tmp_path):
     assert not (tmp_path / "w.safetensors").exists()
 
 
+def test_the_same_tensors_and_metadata_always_give_the_same_bytes(tmp_path):
+    """The writer's header order varies between calls; the file written must not."""
+    state, meta = tiny_state(), {f"key{i}": f"value {i}" for i in range(12)}
+    digests = {file_sha256(save_safetensors(state, tmp_path / f"{i}.safetensors",
+                                            metadata=dict(reversed(meta.items())) if i % 2 else meta))
+               for i in range(6)}
+    assert len(digests) == 1
+    assert read_safetensors_metadata(tmp_path / "0.safetensors") == meta
+    assert_same_state(load_state_dict(tmp_path / "5.safetensors"), state)
+
+
+# --------------------------------------------------------------------------- bundling
+
+
+def trained_file(path: Path, root: Path, init: str = "synthseasons-slim-dmcgn-v12") -> Path:
+    """A file as a run exports it: absolute training folders under ``root``."""
+    sources = {"folders": [[str(root / "train-0" / "correspondences"), str(root / "train-0" / "images")]],
+               "pairs": 315}
+    recipe = {"init": init, "lr": 3e-4, "backbone": "vgg16-slim"}
+    return save_safetensors(tiny_state(), path, metadata={"sources": json.dumps(sources),
+                                                           "recipe": json.dumps(recipe), "backbone": "vgg16-slim"})
+
+
+def test_bundling_makes_the_recorded_paths_relative_and_keeps_everything_else(tmp_path):
+    from locseg.models.bundle import bundle_weights
+
+    root = tmp_path / "repo"
+    source = trained_file(tmp_path / "run.safetensors", root, init=str(root / "runs" / "v1.safetensors"))
+    first = bundle_weights(source, tmp_path / "assets" / "a.safetensors", root)
+    meta = read_safetensors_metadata(first)
+    assert json.loads(meta["sources"]) == {"folders": [["train-0/correspondences", "train-0/images"]], "pairs": 315}
+    assert json.loads(meta["recipe"]) == {"init": "runs/v1.safetensors", "lr": 3e-4, "backbone": "vgg16-slim"}
+    assert meta["backbone"] == "vgg16-slim"
+    assert_same_state(load_state_dict(first), tiny_state())
+    again = bundle_weights(first, tmp_path / "again.safetensors", root)   # nothing left to change
+    assert file_sha256(again) == file_sha256(first)
+
+
+def test_bundling_refuses_a_path_outside_the_root_and_files_that_are_not_safetensors(tmp_path):
+    from locseg.models.bundle import bundle_weights
+
+    source = trained_file(tmp_path / "run.safetensors", tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=r"sources.folders\[0\]\[0\] records .*elsewhere.* outside"):
+        bundle_weights(source, tmp_path / "out.safetensors", tmp_path / "repo")
+    torch.save(tiny_state(), tmp_path / "w.pt")
+    with pytest.raises(FormatError, match="not a safetensors file"):
+        bundle_weights(tmp_path / "w.pt", tmp_path / "out.safetensors", tmp_path)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 # --------------------------------------------------------------------------- downloads
 
 

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -395,7 +396,9 @@ def save_safetensors(
     """Write a state dict as safetensors, atomically, with string metadata in the header.
 
     Tensors are moved to the CPU and made contiguous; tensors sharing memory
-    (tied weights) are stored as separate copies, as safetensors requires.
+    (tied weights) are stored as separate copies, as safetensors requires. The
+    header's keys are written in sorted order, so the same tensors and metadata
+    always give the same bytes (and sha256).
 
     Args:
         state_dict: ``{name: tensor}``.
@@ -425,8 +428,27 @@ def save_safetensors(
             raise InputError(f"safetensors metadata {key!r}: {value!r} must map strings to strings")
     with atomic_output(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata=header or None)
+        _sort_header(tmp)
         fsync_file(tmp)
     return Path(path)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header in place with its keys sorted.
+
+    The writer orders the header's keys (the metadata's among them) differently from
+    one call to the next. The header is compact JSON padded with spaces to its
+    recorded length, and tensor offsets count from the end of it, so the sorted JSON
+    has the same length and the tensor bytes stay where they are.
+    """
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        raw = f.read(length)
+        header = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        if len(header) > length:   # cannot happen for the writer's compact JSON; leave the file as written
+            return
+        f.seek(8)
+        f.write(header.ljust(length, b" "))
 
 
 def read_safetensors_metadata(source: str | Path, **resolve_options) -> dict[str, str]:
