@@ -259,7 +259,7 @@ def test_save_safetensors_refuses_bad_input(tmp_path):
 
 def test_the_same_tensors_and_metadata_always_give_the_same_bytes(tmp_path):
     """The writer's header order varies between calls; the file written must not."""
-    state, meta = tiny_state(), {f"key{i}": f"value {i}" for i in range(12)}
+    state, meta = tiny_state(), {f"key{i}": f"value {i} at 2° in µm\n" for i in range(12)}
     digests = {file_sha256(save_safetensors(state, tmp_path / f"{i}.safetensors",
                                             metadata=dict(reversed(meta.items())) if i % 2 else meta))
                for i in range(6)}

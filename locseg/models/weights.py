@@ -444,7 +444,7 @@ def _sort_header(path: Path) -> None:
     with open(path, "r+b") as f:
         length = int.from_bytes(f.read(8), "little")
         raw = f.read(length)
-        header = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        header = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(header) > length:   # cannot happen for the writer's compact JSON; leave the file as written
             return
         f.seek(8)
