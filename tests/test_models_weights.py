@@ -295,6 +295,25 @@ def test_bundling_makes_the_recorded_paths_relative_and_keeps_everything_else(tm
     assert file_sha256(again) == file_sha256(first)
 
 
+def test_bundling_finds_paths_by_any_name_of_the_root_and_in_any_absolute_form(tmp_path, monkeypatch):
+    """A root reached through a symlink, a home-relative path and a file URL are all the
+    same folder; a Windows path is absolute too, and lies outside any POSIX root."""
+    from locseg.models.bundle import relative_record
+
+    real = tmp_path / "real" / "repo"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("HOME", str(tmp_path / "link"))
+    record = {"init": f"file://{real}/runs/v%201.safetensors", "folders": ["~/repo/train-0", str(real / "train-1")],
+              "lr": "3e-4", "name": "synthseasons-slim-dmcgn-v12", "relative": "train-2"}
+    expected = {"init": "runs/v 1.safetensors", "folders": ["train-0", "train-1"], "lr": "3e-4",
+                "name": "synthseasons-slim-dmcgn-v12", "relative": "train-2"}
+    assert relative_record(record, tmp_path / "link" / "repo") == expected
+    assert relative_record(record, real) == expected
+    with pytest.raises(InputError, match=r"folders\[0\] records C:\\data\\train-0, which is outside"):
+        relative_record({"folders": ["C:\\data\\train-0"]}, real)
+
+
 def test_bundling_refuses_a_path_outside_the_root_and_files_that_are_not_safetensors(tmp_path):
     from locseg.models.bundle import bundle_weights
 

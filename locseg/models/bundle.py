@@ -14,36 +14,52 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import urllib.parse
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
-import safetensors.torch
-
 from ..errors import FormatError, InputError
-from .weights import read_safetensors_metadata, resolve_weights, save_safetensors
+from .weights import (
+    load_state_dict,
+    read_safetensors_metadata,
+    resolve_weights,
+    save_safetensors,
+)
 
 RECORD_KEYS = ("sources", "recipe")   # the header's JSON values that may hold paths
 
 
 def relative_record(value: Any, root: Path, key: str = "") -> Any:
-    """``value`` (decoded JSON) with every absolute path string made relative to ``root``.
-
-    Strings that are not absolute paths (names, relative paths, settings) are kept.
+    """``value`` (decoded JSON) with every string that names a local file or folder by an
+    absolute path (POSIX or Windows, ``~/...``, or a ``file://`` URL) made relative to
+    ``root``, a path as given or with its symlinks resolved. Other strings (names,
+    relative paths, settings) and dictionary keys are kept.
 
     Raises:
-        InputError: an absolute path that does not lie beneath ``root``.
+        InputError: such a path that does not lie beneath ``root``.
     """
     if isinstance(value, dict):
         return {k: relative_record(v, root, f"{key}.{k}" if key else k) for k, v in value.items()}
     if isinstance(value, list):
         return [relative_record(v, root, f"{key}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str) and os.path.isabs(value):
-        path = Path(os.path.normpath(value))
-        if not path.is_relative_to(root):
-            raise InputError(f"{key} records {value}, which is outside {root}; bundle from (or pass --relative-to) "
-                             "a folder that holds every recorded path")
-        return path.relative_to(root).as_posix()
-    return value
+    local = _absolute_path(value) if isinstance(value, str) else None
+    if local is None:
+        return value
+    given, real = Path(os.path.abspath(root)), Path(root).resolve()
+    for path, base in ((Path(os.path.normpath(local)), given), (Path(os.path.realpath(local)), real)):
+        if path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+    raise InputError(f"{key} records {value}, which is outside {given}; bundle from (or pass --relative-to) "
+                     "a folder that holds every recorded path")
+
+
+def _absolute_path(text: str) -> str | None:
+    """The absolute path ``text`` names, or None if it names none."""
+    if text.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlparse(text).path)
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    return text if os.path.isabs(text) or PureWindowsPath(text).is_absolute() else None
 
 
 def bundle_weights(source: str | Path, output: str | Path, root: str | Path = ".") -> Path:
@@ -68,5 +84,4 @@ def bundle_weights(source: str | Path, output: str | Path, root: str | Path = ".
         except json.JSONDecodeError as err:
             raise FormatError(path, f"metadata {key!r} is not JSON ({err})") from None
         metadata[key] = json.dumps(relative_record(record, root, key))
-    tensors = safetensors.torch.load_file(str(path), device="cpu")
-    return save_safetensors(tensors, output, metadata=metadata)
+    return save_safetensors(load_state_dict(path), output, metadata=metadata)
