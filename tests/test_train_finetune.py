@@ -218,7 +218,7 @@ def test_a_step_on_images_the_strides_do_not_divide():
                                   "synthseasons-slim-dmcgn-v7", "synthseasons-slim-dmcgn-v8",
                                   "synthseasons-slim-dmcgn-v9", "synthseasons-slim-dmcgn-v10",
                                   "synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v12",
-                                  "synthseasons-slim-dmcgn-v13"])
+                                  "synthseasons-slim-dmcgn-v13", "synthseasons-slim-dmcgn-v14"])
 def test_the_bundled_hypercolumn_weights_load_by_name(name):
     from locseg.models.weights import (
         bundled_names,
@@ -244,6 +244,7 @@ def test_the_bundled_hypercolumn_weights_load_by_name(name):
     ("synthseasons-slim-dmcgn-v11", "synthseasons-slim-dmcgn-v10", 8, 0.003125),
     ("synthseasons-slim-dmcgn-v12", "synthseasons-slim-dmcgn-v11", 10, 0.003125),
     ("synthseasons-slim-dmcgn-v13", "synthseasons-slim-dmcgn-v12", 11, 0.003125),
+    ("synthseasons-slim-dmcgn-v14", "synthseasons-slim-dmcgn-v13", 12, 0.003125),
 ])
 def test_the_bundled_cosine_weights_record_their_recipe(name, init, seed, temperature):
     """The recorded recipe is the one benchmarks/RESULTS.md lists, continued from the exact bytes of ``init``
@@ -284,7 +285,7 @@ def test_no_bundled_file_records_a_path_of_the_machine_it_was_trained_on():
         metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
         if "sources" in metadata:
             recorded[name] = list(strings(json.loads(metadata["sources"])))
-    assert recorded.get("synthseasons-slim-dmcgn-v12") and recorded.get("synthseasons-slim-dmcgn-v13")
+    assert all(recorded.get(f"synthseasons-slim-dmcgn-v{k}") for k in (12, 13, 14))
     for name, paths in recorded.items():
         assert not [p for p in paths if Path(p).is_absolute()], name
 

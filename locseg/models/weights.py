@@ -636,8 +636,15 @@ register_bundled(
     "22f6f8d78cab77c7d35040dc717445e6a16325fd70ab35ec341bcf5852212884",
     "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v12 trained a ninth cosine cycle of 2000 steps with "
     "DMC+GN and the dense cross-entropy term at temperature 0.003125 on the same 26 SynthSeasons train streets "
-    "(recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
+    "(recipe and test-street precision in benchmarks/RESULTS.md)",
     model="vgg16-slim", match_ratio=1.0)   # v12's sharpness and one more cycle at its temperature; not measured apart
+register_bundled(
+    "synthseasons-slim-dmcgn-v14", "synthseasons-slim-dmcgn-v14.safetensors",
+    "3a784580c540266fee9101b9dba8eabe627063534febf156169a13b0ea49b9ac",
+    "slim VGG-16 hypercolumns: synthseasons-slim-dmcgn-v13 trained a tenth cosine cycle of 2000 steps with "
+    "DMC+GN and the dense cross-entropy term at temperature 0.003125 on 52 SynthSeasons train streets (0-4, "
+    "6-52; recipe and test-street precision in benchmarks/RESULTS.md); the best hypercolumns",
+    model="vgg16-slim", match_ratio=1.0)   # as v11-v13, whose sharpness it continues; not measured apart
 register_bundled(
     "synthseasons-slim-vlad-v2", "synthseasons-slim-vlad-v2.safetensors",
     "d16f80ec8237af2f7d4ab616a42a42d1eb50fe22ab7c34853bc29ad440084789",
