@@ -198,6 +198,7 @@ def test_the_ratio_test_follows_the_hypercolumn_weights(tmp_path):
     v11 = bundled_weights("synthseasons-slim-dmcgn-v11")
     assert default_ratio("synthseasons-slim-dmcgn-v10") == default_ratio("synthseasons-slim-dmcgn-v11") == 1.0
     assert default_ratio("synthseasons-slim-dmcgn-v12") == 1.0    # as sharp as v11 (RESULTS, v12)
+    assert default_ratio("synthseasons-slim-dmcgn-v14") == 1.0    # at 0.9 it keeps none of its matches (RESULTS, v14)
     assert default_ratio(str(v11.path)) == 1.0
     assert default_ratio("synthseasons-slim-dmcgn-v11", "dense") == MatchingConfig.ratio
     assert default_ratio("synthseasons-slim-dmcgn-v11", ratio_test="distance") == MatchingConfig.ratio
