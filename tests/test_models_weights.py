@@ -298,7 +298,7 @@ def test_bundling_makes_the_recorded_paths_relative_and_keeps_everything_else(tm
 def test_bundling_finds_paths_by_any_name_of_the_root_and_in_any_absolute_form(tmp_path, monkeypatch):
     """A root reached through a symlink, a home-relative path and a file URL are all the
     same folder; a Windows path is absolute too, and lies outside any POSIX root."""
-    from locseg.models.bundle import relative_record
+    from locseg.models.bundle import bundle_weights, relative_record
 
     real = tmp_path / "real" / "repo"
     real.mkdir(parents=True)
@@ -310,6 +310,9 @@ def test_bundling_finds_paths_by_any_name_of_the_root_and_in_any_absolute_form(t
                 "name": "synthseasons-slim-dmcgn-v12", "relative": "train-2"}
     assert relative_record(record, tmp_path / "link" / "repo") == expected
     assert relative_record(record, real) == expected
+    source = save_safetensors(tiny_state(), tmp_path / "run.safetensors", metadata={"recipe": json.dumps(record)})
+    bundled = bundle_weights(source, tmp_path / "b.safetensors", tmp_path / "link" / "repo")
+    assert json.loads(read_safetensors_metadata(bundled)["recipe"]) == expected
     with pytest.raises(InputError, match=r"folders\[0\] records C:\\data\\train-0, which is outside"):
         relative_record({"folders": ["C:\\data\\train-0"]}, real)
 

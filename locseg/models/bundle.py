@@ -74,7 +74,6 @@ def bundle_weights(source: str | Path, output: str | Path, root: str | Path = ".
         InputError: a recorded path lies outside ``root``.
     """
     path = resolve_weights(source)
-    root = Path(root).resolve()
     metadata = read_safetensors_metadata(path)
     for key in RECORD_KEYS:
         if key not in metadata:
@@ -83,5 +82,5 @@ def bundle_weights(source: str | Path, output: str | Path, root: str | Path = ".
             record = json.loads(metadata[key])
         except json.JSONDecodeError as err:
             raise FormatError(path, f"metadata {key!r} is not JSON ({err})") from None
-        metadata[key] = json.dumps(relative_record(record, root, key))
+        metadata[key] = json.dumps(relative_record(record, Path(root), key))
     return save_safetensors(load_state_dict(path), output, metadata=metadata)
