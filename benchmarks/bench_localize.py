@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--weights", default=LocalizeConfig.weights, help="hypercolumn weights")
     parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights,
                         help="a head trained on the hypercolumns of --weights")
+    parser.add_argument("--retrieval-hypercolumns", default=None,
+                        help="hypercolumn weights retrieval runs on, if not --weights (one more network pass)")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
     parser.add_argument("--reference-neighbours", type=int, default=LocalizeConfig.reference_neighbours,
@@ -91,7 +93,8 @@ def main() -> None:
 
     config = LocalizeConfig(weights=args.weights, hypercolumn_norm=args.hypercolumn_norm, top_k=args.top_k,
                             reference_neighbours=args.reference_neighbours,
-                            retrieval_weights=args.retrieval_weights, retrieval_scales=tuple(args.retrieval_scales),
+                            retrieval_weights=args.retrieval_weights, retrieval_hypercolumns=args.retrieval_hypercolumns,
+                            retrieval_scales=tuple(args.retrieval_scales),
                             hypercolumn_scales=tuple(args.hypercolumn_scales),
                             matching=matching_config(args.weights, ratio=args.ratio, ratio_test=args.ratio_test,
                                                      refit_ratio=args.refit_ratio))

@@ -60,6 +60,9 @@ _DEFAULTS = LocalizeConfig()
               help="Hypercolumn weights: a bundled name, a file or a URL.")
 @click.option("--retrieval-weights", default=_DEFAULTS.retrieval_weights, show_default=True,
               help="NetVLAD weights: a bundled name, a file or a URL.")
+@click.option("--retrieval-hypercolumns", default=None, metavar="W",
+              help="Hypercolumn weights for retrieval to run on, when the retrieval head pools other ones than "
+                   "--weights (e.g. synthseasons-slim-dmcgn-v8 for the default head); one more network pass per image.")
 @click.option("--retrieval-scales", default=",".join(map(str, _DEFAULTS.retrieval_scales)), show_default=True,
               callback=lambda _ctx, _param, value: parse_scales(value, "retrieval scales"),
               help="Comma-separated multiples of the input size pooled into each global descriptor, "
@@ -103,7 +106,7 @@ _DEFAULTS = LocalizeConfig()
 @device_option
 def localize(dataset: Path | None, reference: Path | None, images: Path | None, queries: Path | None,
              output: Path | None, reference_neighbours: int, top_k: int, weights: str, retrieval_weights: str,
-             retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
+             retrieval_hypercolumns: str | None, retrieval_scales: tuple[float, ...], hypercolumn_scales: tuple[float, ...], backbone: str,
              hypercolumn_norm: str, matching: str, ratio: float | None, ratio_test: str,
              refit_ratio: float,
              estimator: str, no_refit: bool,
@@ -113,6 +116,7 @@ def localize(dataset: Path | None, reference: Path | None, images: Path | None, 
     matching, RANSAC-PnP, feature-metric refinement. With no options, localizes the default SynthSeasons test
     street and prints its recall table."""
     config = LocalizeConfig(weights=weights, retrieval_weights=retrieval_weights,   # bad settings fail before any work
+                            retrieval_hypercolumns=retrieval_hypercolumns,
                             retrieval_scales=retrieval_scales, hypercolumn_scales=hypercolumn_scales,
                             backbone=backbone,
                             hypercolumn_norm=hypercolumn_norm, top_k=top_k,

@@ -380,6 +380,32 @@ def test_a_retrieval_head_refuses_hypercolumn_weights_it_was_not_trained_on():
     assert load_retrieval_model("synthseasons-slim-vlad-v5", v8).source == "hypercolumns"
 
 
+def test_retrieval_on_other_hypercolumns_describes_as_those_and_matches_as_these():
+    """With ``retrieval_hypercolumns``, the global descriptor (at every retrieval scale) is the
+    one the head's own hypercolumns give, and shares their store id; the dense map is the
+    matching weights' own. A head over weights it was not trained on is still refused."""
+    import torch
+
+    from locseg.localize.pipeline import Models
+
+    v3, v8 = "synthseasons-slim-dmcgn-v3", "synthseasons-slim-dmcgn-v8"
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) - 0.5
+    for scales in ((1.0,), (1.0, 0.5)):
+        retrieving = Models.load(LocalizeConfig(weights=v8, retrieval_scales=scales), device="cpu")
+        matching = Models.load(LocalizeConfig(weights=v3, retrieval_weights="synthseasons-slim-vlad-v4",
+                                              retrieval_scales=scales), device="cpu")
+        split = LocalizeConfig(weights=v3, retrieval_hypercolumns=v8, retrieval_scales=scales)
+        both = Models.load(split, device="cpu")
+        dense, descriptor = both.describe(image)
+        torch.testing.assert_close(descriptor, retrieving.describe(image)[1])
+        torch.testing.assert_close(dense, matching.describe(image)[0])
+        assert both.global_id == retrieving.global_id and both.sparse_id == matching.sparse_id
+        assert split.digest() != LocalizeConfig(weights=v3, retrieval_scales=scales).digest()
+    assert LocalizeConfig(retrieval_hypercolumns=None).digest() == LocalizeConfig().digest()
+    with pytest.raises(InputError, match=f"pool the hypercolumns of {v8}, not of {v3}"):
+        Models.load(LocalizeConfig(weights=v8, retrieval_hypercolumns=v3), device="cpu")
+
+
 def test_multiscale_retrieval_pools_a_second_pass_and_keeps_its_own_store_id():
     """The half scale is one more network pass on the halved input, pooled with the
     full-size descriptor; single-scale settings keep their store id and digest."""
@@ -450,13 +476,14 @@ def test_a_scale_shared_by_retrieval_and_matching_costs_one_pass(monkeypatch):
 
 
 def test_new_matching_settings_change_the_digest_only_when_they_change_the_behaviour():
-    """Logs written before ``ratio_test``, ``refit_ratio`` and ``reference_neighbours`` existed
-    used the similarity form, refitted over the matches RANSAC saw and ranked plain references;
-    they stay reusable."""
+    """Logs written before ``ratio_test``, ``refit_ratio``, ``reference_neighbours`` and
+    ``retrieval_hypercolumns`` existed used the similarity form, refitted over the matches RANSAC
+    saw, ranked plain references and retrieved with the matching weights; they stay reusable."""
     similarity = LocalizeConfig(matching=MatchingConfig(ratio_test="similarity", refit_ratio=None),
                                 reference_neighbours=0)
     before = LocalizeConfig().to_dict()              # the settings as a single-scale run hashed them before
     del before["retrieval_scales"], before["hypercolumn_scales"], before["reference_neighbours"]
+    del before["retrieval_hypercolumns"]
     del before["matching"]["ratio_test"], before["matching"]["refit_ratio"]
     old_digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert similarity.digest() == old_digest

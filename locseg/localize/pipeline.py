@@ -122,7 +122,7 @@ def matching_config(weights: str, method: str = MatchingConfig.method, ratio: fl
 # Settings added after logs were first written, by their path in ``LocalizeConfig.to_dict()``, with the value that
 # behaves as locseg did before them: at that value they stay out of the digest, so older logs stay reusable.
 _SETTINGS_ADDED = {("retrieval_scales",): list(SINGLE_SCALE), ("hypercolumn_scales",): list(SINGLE_SCALE),
-                   ("reference_neighbours",): 0,
+                   ("reference_neighbours",): 0, ("retrieval_hypercolumns",): None,
                    ("matching", "ratio_test"): "similarity", ("matching", "refit_ratio"): None}
 
 
@@ -136,6 +136,8 @@ class LocalizeConfig:
 
     weights: str = DEFAULT_WEIGHTS
     retrieval_weights: str = DEFAULT_RETRIEVAL_WEIGHTS
+    # the hypercolumn weights retrieval runs on, when they are not ``weights``: one more network pass per image
+    retrieval_hypercolumns: str | None = None
     backbone: str = "vgg16-slim"
     layers: tuple[int, ...] = DEFAULT_LAYERS
     hypercolumn_norm: str = DEFAULT_NORMALIZATION   # "levels"; "joint" is S2DHM's (locseg.models.hypercolumn)
@@ -195,10 +197,20 @@ class LocalizeConfig:
         digest, store ids and store configs they had before ``retrieval_scales`` existed."""
         return self.retrieval_scales != SINGLE_SCALE
 
+    @property
+    def pooled_weights(self) -> str:
+        """The hypercolumn weights retrieval runs on: ``retrieval_hypercolumns``, else ``weights``."""
+        return self.retrieval_hypercolumns or self.weights
+
 
 @dataclass
 class Models:
-    """The networks of a run and the store ids of what they produce."""
+    """The networks of a run and the store ids of what they produce.
+
+    ``retrieval_hypercolumns`` is the network retrieval runs on when it is not the one
+    that matching and refinement use (``LocalizeConfig.retrieval_hypercolumns``); None
+    when both are ``hypercolumns``.
+    """
 
     hypercolumns: Hypercolumns
     describer: GlobalDescriber
@@ -206,6 +218,7 @@ class Models:
     global_id: str
     retrieval_scales: tuple[float, ...] = SINGLE_SCALE
     hypercolumn_scales: tuple[float, ...] = SINGLE_SCALE
+    retrieval_hypercolumns: Hypercolumns | None = None
 
     @classmethod
     def load(cls, config: LocalizeConfig, device: str | torch.device = AUTO) -> Models:
@@ -213,8 +226,13 @@ class Models:
         device = resolve_device(device)
         hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers,
                                          normalization=config.hypercolumn_norm).eval()
-        describer = load_global_describer(config.retrieval_weights, hypercolumns.backbone,
-                                          weights_digest(config.weights)).eval()
+        retrieval_hypercolumns = None
+        if config.retrieval_hypercolumns is not None:
+            retrieval_hypercolumns = load_hypercolumns(config.backbone, config.retrieval_hypercolumns, config.layers,
+                                                       normalization=config.hypercolumn_norm).eval().to(device)
+        pooled = retrieval_hypercolumns or hypercolumns
+        describer = load_global_describer(config.retrieval_weights, pooled.backbone,
+                                          weights_digest(config.pooled_weights)).eval()
         if describer.source == "hypercolumns" and describer.normalization != config.hypercolumn_norm:
             raise InputError(f"retrieval weights {config.retrieval_weights!r} were trained on hypercolumns normalised "
                              f"{describer.normalization!r}, not {config.hypercolumn_norm!r}; use retrieval weights "
@@ -232,9 +250,10 @@ class Models:
             preprocessing["norm"] = config.hypercolumn_norm
         if config.multiscale:
             preprocessing["scales"] = config.retrieval_scales
-        global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.weights),
+        global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.pooled_weights),
                              **preprocessing)
-        return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales, config.hypercolumn_scales)
+        return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales, config.hypercolumn_scales,
+                   retrieval_hypercolumns)
 
     @torch.inference_mode()
     def describe(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,16 +266,21 @@ class Models:
         reuses the dense map, and every other scale costs a network pass at its size. Those
         passes resize the network input (resizing commutes with the per-channel normalisation),
         where ``locseg.train.retrieval.describe`` resizes each image file once, so the two may
-        differ by the second resampling."""
+        differ by the second resampling. With ``retrieval_hypercolumns``, retrieval pools that
+        network's maps and matching this one's, each pass made once."""
         image = image.to(module_device(self.hypercolumns))[None]
         passes = {1.0: self.hypercolumns.dense(image)}     # dense maps by scale, one network pass each
+        pooled, pooled_passes = self.hypercolumns, passes
+        if self.retrieval_hypercolumns is not None:
+            pooled = self.retrieval_hypercolumns
+            pooled_passes = {1.0: pooled.dense(image)}
         descriptors = []
         for scale in self.retrieval_scales:
             if scale == 1.0:
-                descriptors.append(self.describer(image, passes[1.0]))
+                descriptors.append(self.describer(image, pooled_passes[1.0]))
                 continue
-            resized, passes[scale] = self.hypercolumns.resized_dense(image, scale)
-            descriptors.append(self.describer(resized, passes[scale]))
+            resized, pooled_passes[scale] = pooled.resized_dense(image, scale)
+            descriptors.append(self.describer(resized, pooled_passes[scale]))
         matched = self.hypercolumns.dense_at_scales(image, self.hypercolumn_scales, computed=passes)
         return matched[0].cpu(), pool_scales(torch.stack(descriptors)).cpu()
 
@@ -318,7 +342,7 @@ def extract_reference_features(reference: ReferenceMap, models: Models, store: F
     if config.hypercolumn_scales != SINGLE_SCALE:
         sparse_config["scales"] = list(config.hypercolumn_scales)
     store.set_config(models.sparse_id, sparse_config)
-    global_config = {"kind": "global descriptors", "backbone": config.backbone, "weights": config.weights,
+    global_config = {"kind": "global descriptors", "backbone": config.backbone, "weights": config.pooled_weights,
                      "retrieval_weights": config.retrieval_weights, "max_side": config.max_side}
     if config.multiscale:
         global_config["scales"] = list(config.retrieval_scales)
