@@ -70,9 +70,10 @@ def main() -> None:
     parser.add_argument("--hypercolumn-norm", choices=NORMALIZATIONS, default=LocalizeConfig.hypercolumn_norm)
     parser.add_argument("--weights", default=LocalizeConfig.weights, help="hypercolumn weights")
     parser.add_argument("--retrieval-weights", default=LocalizeConfig.retrieval_weights,
-                        help="a head trained on the hypercolumns of --weights")
+                        help="a head trained on the hypercolumns of --weights (or of --retrieval-hypercolumns)")
     parser.add_argument("--retrieval-hypercolumns", default=None,
-                        help="hypercolumn weights retrieval runs on, if not --weights (one more network pass)")
+                        help="hypercolumn weights retrieval runs on, if not --weights (one more network pass, which "
+                             "the features stage, and so SIFT's shared retrieval time, then includes)")
     parser.add_argument("--retrieval-scales", type=float, nargs="+", default=list(LocalizeConfig.retrieval_scales),
                         help="multiples of the input size pooled into each global descriptor")
     parser.add_argument("--reference-neighbours", type=int, default=LocalizeConfig.reference_neighbours,

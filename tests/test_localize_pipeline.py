@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -172,6 +173,10 @@ def test_cli_localize_passes_its_ratio_to_the_matching(run, tmp_path, monkeypatc
         assert seen[-1].ratio == ratio
     result = CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--ratio", "0"])
     assert result.exit_code == 2 and "0<x<=1" in result.output
+    monkeypatch.setattr(command, "run_localize", lambda *args, config, **kwargs: seen.append(config) or sys.exit(0))
+    CliRunner().invoke(cli, ["localize", "--dataset", str(street), "--output", str(tmp_path / "r.txt"),
+                             "--retrieval-hypercolumns", "synthseasons-slim-dmcgn-v8"])
+    assert seen[-1].retrieval_hypercolumns == "synthseasons-slim-dmcgn-v8"
 
 
 def test_cli_localize_warns_when_the_ratio_test_keeps_almost_no_match(run, tmp_path):
@@ -401,9 +406,38 @@ def test_retrieval_on_other_hypercolumns_describes_as_those_and_matches_as_these
         torch.testing.assert_close(dense, matching.describe(image)[0])
         assert both.global_id == retrieving.global_id and both.sparse_id == matching.sparse_id
         assert split.digest() != LocalizeConfig(weights=v3, retrieval_scales=scales).digest()
-    assert LocalizeConfig(retrieval_hypercolumns=None).digest() == LocalizeConfig().digest()
     with pytest.raises(InputError, match=f"pool the hypercolumns of {v8}, not of {v3}"):
         Models.load(LocalizeConfig(weights=v8, retrieval_hypercolumns=v3), device="cpu")
+    with pytest.raises(InputError, match="retrieval_hypercolumns must name hypercolumn weights"):
+        LocalizeConfig(retrieval_hypercolumns="")
+    assert Models.load(LocalizeConfig(retrieval_hypercolumns=v8), device="cpu").retrieval_hypercolumns is None
+
+
+def test_two_networks_never_share_a_pass(monkeypatch):
+    """Retrieval on v8 and matching on v3 at the same two scales: each network makes its own
+    pass at each scale, and the results are those of each network alone."""
+    import torch
+
+    from locseg.localize.pipeline import Models
+
+    v3, v8 = "synthseasons-slim-dmcgn-v3", "synthseasons-slim-dmcgn-v8"
+    scales = (0.5, 1.0)
+    both = Models.load(LocalizeConfig(weights=v3, retrieval_hypercolumns=v8, retrieval_scales=scales,
+                                      hypercolumn_scales=scales), device="cpu")
+    retrieving = Models.load(LocalizeConfig(weights=v8, retrieval_scales=scales), device="cpu")
+    matching = Models.load(LocalizeConfig(weights=v3, retrieval_weights="synthseasons-slim-vlad-v4",
+                                          hypercolumn_scales=scales), device="cpu")
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) - 0.5
+    passes = []
+    original = type(both.hypercolumns).dense
+    monkeypatch.setattr(type(both.hypercolumns), "dense", lambda net, images: passes.append(
+        (id(net), images.shape[-1])) or original(net, images))
+    dense, descriptor = both.describe(image)
+    assert sorted(passes) == sorted((id(net), width) for net in (both.hypercolumns, both.retrieval_hypercolumns)
+                                    for width in (64, 128))
+    monkeypatch.undo()
+    torch.testing.assert_close(descriptor, retrieving.describe(image)[1])
+    torch.testing.assert_close(dense, matching.describe(image)[0])
 
 
 def test_multiscale_retrieval_pools_a_second_pass_and_keeps_its_own_store_id():

@@ -174,6 +174,9 @@ class LocalizeConfig:
             object.__setattr__(self, "matching", replace(self.matching, refit_ratio=None))   # matches: one digest
         if self.max_side < 32:
             raise InputError(f"max_side must be at least 32, got {self.max_side}")
+        if self.retrieval_hypercolumns == "":
+            raise InputError("retrieval_hypercolumns must name hypercolumn weights (a bundled name, a file or a URL), "
+                             "or be None to retrieve with the matching weights; got an empty string")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -200,7 +203,7 @@ class LocalizeConfig:
     @property
     def pooled_weights(self) -> str:
         """The hypercolumn weights retrieval runs on: ``retrieval_hypercolumns``, else ``weights``."""
-        return self.retrieval_hypercolumns or self.weights
+        return self.weights if self.retrieval_hypercolumns is None else self.retrieval_hypercolumns
 
 
 @dataclass
@@ -226,8 +229,8 @@ class Models:
         device = resolve_device(device)
         hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers,
                                          normalization=config.hypercolumn_norm).eval()
-        retrieval_hypercolumns = None
-        if config.retrieval_hypercolumns is not None:
+        retrieval_hypercolumns = None    # a second network, only where its weights differ from the matching ones
+        if weights_digest(config.pooled_weights) != weights_digest(config.weights):
             retrieval_hypercolumns = load_hypercolumns(config.backbone, config.retrieval_hypercolumns, config.layers,
                                                        normalization=config.hypercolumn_norm).eval().to(device)
         pooled = retrieval_hypercolumns or hypercolumns
@@ -272,11 +275,12 @@ class Models:
         passes = {1.0: self.hypercolumns.dense(image)}     # dense maps by scale, one network pass each
         pooled, pooled_passes = self.hypercolumns, passes
         if self.retrieval_hypercolumns is not None:
-            pooled = self.retrieval_hypercolumns
-            pooled_passes = {1.0: pooled.dense(image)}
+            pooled, pooled_passes = self.retrieval_hypercolumns, {}
         descriptors = []
         for scale in self.retrieval_scales:
             if scale == 1.0:
+                if 1.0 not in pooled_passes:
+                    pooled_passes[1.0] = pooled.dense(image)
                 descriptors.append(self.describer(image, pooled_passes[1.0]))
                 continue
             resized, pooled_passes[scale] = pooled.resized_dense(image, scale)

@@ -68,8 +68,7 @@ def pooled_weights_error(head: str, pooled_digest: str | None = None, given_dige
     pooled = f" pool the hypercolumns of {_weights_by_digest(pooled_digest)}" if pooled_digest else \
         " pool the hypercolumns of other backbone weights"
     given = f"not of {_weights_by_digest(given_digest)}" if given_digest else "not of the hypercolumn weights given"
-    return InputError(f"retrieval weights {head!r}{pooled}, {given}; give those (to match with other weights, as "
-                      "--retrieval-hypercolumns), or train a head on these "
+    return InputError(f"retrieval weights {head!r}{pooled}, {given}; give those, or train a head on these "
                       "(locseg train-retrieval --source hypercolumns --freeze-backbone --init ...)")
 
 
