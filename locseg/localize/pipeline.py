@@ -229,13 +229,14 @@ class Models:
         device = resolve_device(device)
         hypercolumns = load_hypercolumns(config.backbone, config.weights, config.layers,
                                          normalization=config.hypercolumn_norm).eval()
+        # each digest once: a weight file given by path is hashed whole
+        matching_digest, pooled_digest = weights_digest(config.weights), weights_digest(config.pooled_weights)
         retrieval_hypercolumns = None    # a second network, only where its weights differ from the matching ones
-        if weights_digest(config.pooled_weights) != weights_digest(config.weights):
+        if pooled_digest != matching_digest:
             retrieval_hypercolumns = load_hypercolumns(config.backbone, config.retrieval_hypercolumns, config.layers,
                                                        normalization=config.hypercolumn_norm).eval().to(device)
-        pooled = retrieval_hypercolumns or hypercolumns
-        describer = load_global_describer(config.retrieval_weights, pooled.backbone,
-                                          weights_digest(config.pooled_weights)).eval()
+        pooled = hypercolumns if retrieval_hypercolumns is None else retrieval_hypercolumns
+        describer = load_global_describer(config.retrieval_weights, pooled.backbone, pooled_digest).eval()
         if describer.source == "hypercolumns" and describer.normalization != config.hypercolumn_norm:
             raise InputError(f"retrieval weights {config.retrieval_weights!r} were trained on hypercolumns normalised "
                              f"{describer.normalization!r}, not {config.hypercolumn_norm!r}; use retrieval weights "
@@ -245,7 +246,7 @@ class Models:
         describer.to(device)
         preprocessing = {"max_side": config.max_side}
         sparse_settings = {} if config.hypercolumn_scales == SINGLE_SCALE else {"scales": config.hypercolumn_scales}
-        sparse_id = model_id(f"hypercolumns-{config.backbone}", weights_digest(config.weights),
+        sparse_id = model_id(f"hypercolumns-{config.backbone}", matching_digest,
                              layers="-".join(map(str, config.layers)), norm=config.hypercolumn_norm,
                              max_points=config.max_points, **sparse_settings,
                              **preprocessing)
@@ -253,8 +254,7 @@ class Models:
             preprocessing["norm"] = config.hypercolumn_norm
         if config.multiscale:
             preprocessing["scales"] = config.retrieval_scales
-        global_id = model_id(f"{describer.model_id_base}-{config.backbone}", weights_digest(config.pooled_weights),
-                             **preprocessing)
+        global_id = model_id(f"{describer.model_id_base}-{config.backbone}", pooled_digest, **preprocessing)
         return cls(hypercolumns, describer, sparse_id, global_id, config.retrieval_scales, config.hypercolumn_scales,
                    retrieval_hypercolumns)
 
